@@ -1,0 +1,203 @@
+"""Safe ZIP expansion: limits on the bytes really inflated, no path may leave the job dir.
+
+The header sizes in a ZIP are claims made by the uploader; every limit here is
+checked while inflating, so a lying header cannot get past it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import stat
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from sqlcheck.errors import ArchiveError
+from sqlcheck.share import OutsideShare, atomic_write, resolve_inside
+from sqlcheck.states import FailureReason
+
+CHUNK_BYTES = 64 * 1024
+#: members smaller than this are never judged by their compression ratio (tiny files compress oddly)
+RATIO_CHECK_MIN_BYTES = 64 * 1024
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class ExpansionLimits:
+    max_members: int
+    max_file_bytes: int
+    max_total_bytes: int
+    max_ratio: int
+
+
+@dataclass
+class ArchiveMember:
+    """One .sql entry: either written under the sources dir, or rejected with a reason."""
+
+    name: str  # the path as stored in the ZIP, decoded
+    path: str | None  # normalised relative path under sources/, None when rejected for its name
+    size: int = 0
+    sha256: str | None = None
+    rejected: FailureReason | None = None
+    message: str | None = None
+
+
+@dataclass
+class Expansion:
+    members: list[ArchiveMember] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # non-SQL entries: {"member", "reason"}
+    total_bytes: int = 0
+
+
+def decode_member_name(info: zipfile.ZipInfo) -> str:
+    """Decode a member name: UTF-8 flag, else UTF-8 if valid, else GB18030, else CP437.
+
+    Without the UTF-8 flag, zipfile decoded the raw bytes as CP437, which is lossless,
+    so encoding back to CP437 gives the bytes as stored.
+    """
+    if info.flag_bits & 0x800:
+        return info.orig_filename
+    raw = info.orig_filename.encode("cp437")
+    for encoding in ("utf-8", "gb18030"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return info.orig_filename
+
+
+def safe_relative_path(name: str) -> str | None:
+    """The normalised relative path for a member name, or None if it could escape."""
+    unified = name.replace("\\", "/")
+    if unified.startswith("/") or _DRIVE.match(unified) or "\x00" in unified:
+        return None
+    parts = [p for p in PurePosixPath(unified).parts if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def _is_sql(name: str) -> bool:
+    return name.lower().endswith(".sql")
+
+
+def _skip_reason(name: str, info: zipfile.ZipInfo) -> str | None:
+    """Why a non-SQL entry is ignored, or None for an entry we must look at."""
+    parts = name.replace("\\", "/").split("/")
+    if info.is_dir():
+        return "directory"
+    if "__MACOSX" in parts or parts[-1].startswith("._"):
+        return "macOS resource fork"
+    if not _is_sql(name):
+        return "not a .sql file"
+    return None
+
+
+def _unsafe_kind(info: zipfile.ZipInfo) -> str | None:
+    mode = info.external_attr >> 16
+    if info.create_system == 3 and mode:  # Unix attributes present
+        if stat.S_ISLNK(mode):
+            return "symbolic link"
+        if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+            return "not a regular file"
+    return None
+
+
+def _inflate(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: ExpansionLimits, budget: int) -> bytes | None:
+    """Read one member, at most max_file_bytes; None when it is larger. Raises on bombs."""
+    chunks: list[bytes] = []
+    size = 0
+    with zf.open(info) as fh:
+        while True:
+            chunk = fh.read(CHUNK_BYTES)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size >= RATIO_CHECK_MIN_BYTES and size > limits.max_ratio * max(info.compress_size, 1):
+                raise ArchiveError(
+                    f"member {name!r} inflates more than {limits.max_ratio}:1 (zip bomb?); archive refused"
+                )
+            if size > budget:
+                raise ArchiveError(
+                    f"archive inflates to more than {limits.max_total_bytes} bytes (SQLCHECK_MAX_UNCOMPRESSED_BYTES)"
+                )
+            if size > limits.max_file_bytes:
+                return None
+            chunks.append(chunk)
+
+
+def expand_zip_safely(zip_path: Path, dest: Path, limits: ExpansionLimits) -> Expansion:
+    """Expand every .sql member of ``zip_path`` under ``dest``, keeping directories.
+
+    Raises ArchiveError when the archive as a whole must be refused; a single bad
+    member is returned as a rejected ArchiveMember instead.
+    """
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except FileNotFoundError:
+        raise ArchiveError(f"uploaded archive not found on the share: {zip_path.name}") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ArchiveError(f"not a valid ZIP archive: {exc}") from None
+    result = Expansion()
+    with zf:
+        infos = zf.infolist()
+        if not infos:
+            raise ArchiveError("the ZIP archive is empty")
+        if len(infos) > limits.max_members:
+            raise ArchiveError(
+                f"the ZIP archive has {len(infos)} entries, more than {limits.max_members} (SQLCHECK_MAX_ZIP_MEMBERS)"
+            )
+        seen: set[str] = set()
+        for info in infos:
+            name = decode_member_name(info)
+            reason = _skip_reason(name, info)
+            if reason:
+                if reason != "directory":
+                    result.skipped.append({"member": name, "reason": reason})
+                continue
+            result.members.append(
+                _expand_member(zf, info, name, dest, limits, seen, limits.max_total_bytes - result.total_bytes)
+            )
+            result.total_bytes += result.members[-1].size
+    return result
+
+
+def _expand_member(
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    name: str,
+    dest: Path,
+    limits: ExpansionLimits,
+    seen: set[str],
+    budget: int,
+) -> ArchiveMember:
+    rel = safe_relative_path(name)
+    if rel is None:
+        return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message="path is absolute or leaves the archive")
+    unsafe = _unsafe_kind(info)
+    if unsafe:
+        return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=f"member is a {unsafe}")
+    if info.flag_bits & 0x1:
+        return ArchiveMember(name, rel, rejected=FailureReason.ENCRYPTED, message="member is encrypted")
+    if rel in seen:
+        return ArchiveMember(name, rel, rejected=FailureReason.DUPLICATE_MEMBER, message="same path appears twice in the archive")
+    seen.add(rel)
+    try:
+        target = resolve_inside(dest, rel)
+    except OutsideShare as exc:
+        return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=str(exc))
+    try:
+        data = _inflate(zf, info, name, limits, budget)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise ArchiveError(f"the ZIP archive is corrupt or truncated at {name!r}: {exc}") from None
+    except NotImplementedError as exc:
+        return ArchiveMember(name, rel, rejected=FailureReason.UNSAFE_MEMBER, message=f"unsupported member: {exc}")
+    if data is None:
+        return ArchiveMember(
+            name, rel, size=0, rejected=FailureReason.TOO_LARGE,
+            message=f"file is larger than {limits.max_file_bytes} bytes (SQLCHECK_MAX_FILE_BYTES)",
+        )
+    atomic_write(target, data, fsync=False)
+    return ArchiveMember(name, rel, size=len(data), sha256=hashlib.sha256(data).hexdigest())

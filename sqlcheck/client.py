@@ -1,0 +1,90 @@
+"""What the web service does, for `sqlcheckctl submit` and tests: store, insert, send.
+
+It sends by task *name* through a bare Celery app, exactly like an outside
+client, so it never imports sqlcheck.tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlcheck import repository as repo
+from sqlcheck.celery_app import make_sender, send_expand
+from sqlcheck.database import Database
+from sqlcheck.errors import UserInputError
+from sqlcheck.settings import Settings
+from sqlcheck.share import SharePaths
+from sqlcheck.states import TERMINAL_JOB_STATES
+
+
+def store_upload(share: SharePaths, job_id: str, zip_file: Path) -> str:
+    """Copy the ZIP onto the share (temp name, then rename); returns its relative path."""
+    rel = share.upload_rel(job_id)
+    target = share.absolute(rel)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(zip_file, tmp)
+    os.replace(tmp, target)
+    return rel
+
+
+def submit_zip(settings: Settings, zip_file: Path, dialect: str | None = None, options: dict | None = None) -> str:
+    """Store the ZIP, insert the PENDING job row, then send the message (in that order)."""
+    if not zip_file.is_file():
+        raise UserInputError(f"{zip_file}: no such file")
+    job_id = str(uuid.uuid4())
+    share = SharePaths(settings.resolved_share_root)
+    rel = store_upload(share, job_id, zip_file)
+    db = Database(settings.resolved_database_url)
+    with db.session() as s:
+        repo.insert_job(s, job_id, rel, dialect, options)
+    send_expand(make_sender(settings), job_id)
+    db.engine.dispose()
+    return job_id
+
+
+def job_view(db: Database, job_id: str) -> dict[str, Any] | None:
+    """The job row with its tasks, as builtin types (for `job show` and --json)."""
+    with db.session() as s:
+        job = repo.get_job(s, job_id)
+        if job is None:
+            return None
+        tasks = repo.list_tasks(s, job_id)
+    columns = [c.name for c in job.__table__.columns]
+    task_columns = [c.name for c in tasks[0].__table__.columns] if tasks else []
+
+    def plain(row, names):
+        return {n: (v.isoformat() if hasattr(v, "isoformat") else v) for n in names for v in [getattr(row, n)]}
+
+    view = plain(job, columns)
+    view["tasks"] = [plain(t, task_columns) for t in tasks]
+    return view
+
+
+def wait_for_job(
+    db: Database, job_id: str, timeout_s: float, on_progress: Callable[[int, int, str], None] | None = None,
+    poll_s: float = 0.2,
+) -> str:
+    """Poll until the job is terminal; returns its status. Raises TimeoutError at the deadline."""
+    terminal = {s.value for s in TERMINAL_JOB_STATES}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with db.session() as s:
+            job = repo.get_job(s, job_id)
+            if job is None:
+                raise UserInputError(f"job {job_id} not found")
+            progress = repo.task_progress(s, job_id)
+            status, total = job.status, job.total_tasks
+        done = progress.get("SUCCESS", 0) + progress.get("FAILURE", 0)
+        if on_progress:
+            on_progress(done, total, status)
+        if status in terminal:
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {status} after {timeout_s:.0f} s ({done}/{total} files done)")
+        time.sleep(poll_s)

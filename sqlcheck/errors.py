@@ -1,0 +1,35 @@
+"""Exception tree: user-input errors are kept apart from our own failures.
+
+A `UserInputError` is expected (a bad upload): it becomes one log line and a
+message in the row, never a traceback. Anything else is a bug or an outage.
+"""
+
+from sqlcheck.states import FailureReason
+
+
+class SqlcheckError(Exception):
+    """Root of every error sqlcheck raises on purpose."""
+
+
+class ConfigError(SqlcheckError):
+    """Raised when a setting is missing or has a bad value; names the setting."""
+
+
+class ControlError(SqlcheckError):
+    """Raised when supervisord or a worker cannot be reached or controlled."""
+
+
+class UserInputError(SqlcheckError):
+    """Raised when an upload cannot be processed; the message is shown to the user."""
+
+
+class ArchiveError(UserInputError):
+    """Raised when a ZIP as a whole is unusable (corrupt, bomb, no SQL); fails the job."""
+
+
+class FileRejected(UserInputError):
+    """Raised when one file cannot be analysed; fails only that task."""
+
+    def __init__(self, reason: FailureReason, message: str):
+        super().__init__(message)
+        self.reason = reason

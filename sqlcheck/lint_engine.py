@@ -1,0 +1,115 @@
+"""SQLFluff adapter: the only module that imports sqlfluff.
+
+Config discovery is never used: the config is built from sqlfluff's defaults
+plus our overrides, so an uploaded ``.sqlfluff``/``setup.cfg``/``pyproject.toml``
+cannot change rules or make the jinja templater import uploaded Python.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import importlib.metadata
+from dataclasses import dataclass
+from typing import Any
+
+from sqlcheck.errors import FileRejected, UserInputError
+from sqlcheck.states import FailureReason
+
+SQLFLUFF_VERSION = importlib.metadata.version("sqlfluff")
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+@dataclass(frozen=True)
+class LintReport:
+    """What linting one file found, in builtin types only (no sqlfluff objects leak out)."""
+
+    violations: list[dict[str, Any]]
+    parse_errors: int
+    duration_s: float
+
+
+def decode_sql(data: bytes) -> tuple[str, str]:
+    """Decode uploaded bytes: BOM first, then UTF-8, then GB18030, then detection.
+
+    Returns (text, encoding). Raises FileRejected(decode_error) for binary content.
+    """
+    text, encoding = None, None
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                text, encoding = data.decode(codec), codec
+            except UnicodeDecodeError:
+                pass
+            break
+    if text is None:
+        for codec in ("utf-8", "gb18030"):
+            try:
+                text, encoding = data.decode(codec), codec
+                break
+            except UnicodeDecodeError:
+                continue
+    if text is None:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data).best()
+        if best is not None:
+            text, encoding = str(best), best.encoding
+    if text is None or "\x00" in text:
+        raise FileRejected(FailureReason.DECODE_ERROR, "file is not text in any supported encoding (binary content?)")
+    return text, encoding
+
+
+def _config_overrides(dialect: str, options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {
+        "dialect": dialect,
+        # Our own SQLCHECK_MAX_FILE_BYTES decides what is too large, and says so.
+        "large_file_skip_byte_limit": 0,
+    }
+    overrides.update(dict(options))
+    return overrides
+
+
+@functools.lru_cache(maxsize=16)
+def get_linter(dialect: str, options: tuple[tuple[str, Any], ...] = ()):
+    """One Linter per (dialect, options) per process: building one costs ~10% of a small lint."""
+    from sqlfluff.core import FluffConfig, Linter
+    from sqlfluff.core.errors import SQLFluffUserError
+
+    try:
+        config = FluffConfig(overrides=_config_overrides(dialect, options))
+    except SQLFluffUserError as exc:
+        raise UserInputError(f"invalid lint configuration: {exc}") from None
+    return Linter(config=config)
+
+
+def check_dialect(dialect: str) -> None:
+    """Raise UserInputError unless sqlfluff knows this dialect."""
+    get_linter(dialect)
+
+
+def warm_up(dialect: str) -> None:
+    """Load rules and the dialect grammar now, so the first real file does not pay for it."""
+    get_linter(dialect).lint_string("SELECT 1\n", fname="warmup.sql")
+
+
+def lint_sql(text: str, member_path: str, dialect: str, options: tuple[tuple[str, Any], ...] = ()) -> LintReport:
+    """Lint one file's text; the violations are exactly what `sqlfluff lint --format json` lists."""
+    import time
+
+    linter = get_linter(dialect, options)
+    started = time.perf_counter()
+    linted = linter.lint_string(text, fname=member_path)
+    violations = sorted(
+        (v.to_dict() for v in linted.get_violations(filter_warning=False)),
+        key=lambda v: (v["start_line_no"], v["start_line_pos"], v["code"]),
+    )
+    parse_errors = sum(1 for v in violations if v["code"] in ("PRS", "LXR", "TMP"))
+    return LintReport(violations, parse_errors, time.perf_counter() - started)

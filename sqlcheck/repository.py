@@ -1,0 +1,244 @@
+"""Every read and write of `jobs`/`tasks` rows.
+
+State changes are single conditional UPDATEs (``... WHERE status IN (...)``):
+whoever changes a row checks and writes in one statement, so two workers can
+never both think they moved it, and a late writer never overwrites a terminal state.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from sqlalchemy import and_, case, exists, func, select, update
+from sqlalchemy.orm import Session
+
+from sqlcheck.models import Job, Task, utcnow
+from sqlcheck.states import TERMINAL_JOB_STATES, TERMINAL_TASK_STATES, FailureReason, JobStatus, TaskStatus
+
+_TERMINAL_TASKS = [s.value for s in TERMINAL_TASK_STATES]
+_TERMINAL_JOBS = [s.value for s in TERMINAL_JOB_STATES]
+_OPEN_TASKS = [TaskStatus.PENDING.value, TaskStatus.IN_PROGRESS.value]
+_BATCH = 500
+
+
+def task_id_for(job_id: str, archive_member: str) -> str:
+    """Deterministic task id: a redelivered zip message produces the same ids."""
+    return str(uuid.uuid5(uuid.UUID(job_id), archive_member))
+
+
+@dataclass(frozen=True)
+class NewTask:
+    archive_member: str
+    source_file_path: str | None
+    size_bytes: int
+    content_sha256: str | None
+    rejected: FailureReason | None = None
+    message: str | None = None
+
+
+# ---- jobs -------------------------------------------------------------------
+
+
+def insert_job(session: Session, job_id: str, source_path: str, dialect: str | None, options: dict | None = None) -> None:
+    """What the web service does: one PENDING row."""
+    session.add(
+        Job(id=job_id, status=JobStatus.PENDING.value, source_path=source_path, dialect=dialect,
+            options=json.dumps(options) if options else None)
+    )
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def claim_job(session: Session, job_id: str) -> bool:
+    """PENDING -> PROCESSING. A PROCESSING job may be claimed again (redelivery after a crash)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.PENDING.value, JobStatus.PROCESSING.value]))
+        .values(status=JobStatus.PROCESSING.value, started_at=func.coalesce(Job.started_at, utcnow()))
+    )
+    return result.rowcount == 1
+
+
+def fail_job(session: Session, job_id: str, message: str) -> bool:
+    """Any non-terminal job -> FAILED with a message for the user."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.not_in(_TERMINAL_JOBS))
+        .values(status=JobStatus.FAILED.value, error_message=message[:2000], finished_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+def finalize_job_if_complete(session: Session, job_id: str) -> bool:
+    """Move the job to its terminal status iff no task is still open; True for the one caller that did.
+
+    One statement: counts come from an aggregate and the NOT EXISTS guard sees
+    every committed task, so the last two finishers cannot both finalize.
+    """
+    succeeded = (
+        select(func.count()).select_from(Task)
+        .where(Task.job_id == job_id, Task.status == TaskStatus.SUCCESS.value).scalar_subquery()
+    )
+    failed = (
+        select(func.count()).select_from(Task)
+        .where(Task.job_id == job_id, Task.status == TaskStatus.FAILURE.value).scalar_subquery()
+    )
+    still_open = exists().where(Task.job_id == job_id, Task.status.in_(_OPEN_TASKS))
+    new_status = case(
+        (failed == 0, JobStatus.SUCCESS.value),
+        (succeeded == 0, JobStatus.FAILED.value),
+        else_=JobStatus.PARTIAL_SUCCESS.value,
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value, Job.total_tasks > 0, ~still_open)
+        .values(
+            status=new_status,
+            succeeded_tasks=succeeded,
+            failed_tasks=failed,
+            error_message=case((succeeded == 0, "no file in the archive could be analysed"), else_=None),
+            finished_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def job_counts_by_status(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+
+
+def jobs_in_status(session: Session, statuses: Iterable[str], limit: int = 20) -> list[Job]:
+    return list(
+        session.scalars(select(Job).where(Job.status.in_(list(statuses))).order_by(Job.created_at).limit(limit))
+    )
+
+
+def task_progress(session: Session, job_id: str) -> dict[str, int]:
+    return dict(
+        session.execute(select(Task.status, func.count()).where(Task.job_id == job_id).group_by(Task.status)).all()
+    )
+
+
+# ---- tasks ------------------------------------------------------------------
+
+
+def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only the two supported databases
+        raise RuntimeError(f"unsupported database {dialect}")
+    for start in range(0, len(rows), _BATCH):
+        session.execute(insert(Task).values(rows[start : start + _BATCH]).on_conflict_do_nothing())
+
+
+def create_tasks(session: Session, job_id: str, new_tasks: Sequence[NewTask]) -> int:
+    """Insert one row per file (rejected ones directly as FAILURE) and set the job's total.
+
+    Re-running it for the same job inserts nothing new. Returns the job's task total.
+    """
+    now = utcnow()
+    rows = []
+    for t in new_tasks:
+        row = {
+            "id": task_id_for(job_id, t.archive_member),
+            "job_id": job_id,
+            "archive_member": t.archive_member,
+            "source_file_path": t.source_file_path,
+            "status": TaskStatus.PENDING.value,
+            "failure_reason": None,
+            "error_message": None,
+            "size_bytes": t.size_bytes,
+            "content_sha256": t.content_sha256,
+            "attempts": 0,
+            "created_at": now,
+            "finished_at": None,
+        }
+        if t.rejected is not None:
+            row.update(status=TaskStatus.FAILURE.value, failure_reason=t.rejected.value,
+                       error_message=t.message, finished_at=now)
+        rows.append(row)
+    if rows:
+        _insert_ignoring_duplicates(session, rows)
+    total = session.scalar(select(func.count()).select_from(Task).where(Task.job_id == job_id)) or 0
+    session.execute(update(Job).where(Job.id == job_id).values(total_tasks=total))
+    return total
+
+
+def undispatched_task_ids(session: Session, job_id: str) -> list[str]:
+    """PENDING tasks whose message was never sent (or whose send was not recorded)."""
+    return list(
+        session.scalars(
+            select(Task.id).where(Task.job_id == job_id, Task.status == TaskStatus.PENDING.value,
+                                  Task.dispatched_at.is_(None)).order_by(Task.archive_member)
+        )
+    )
+
+
+def mark_dispatched(session: Session, task_ids: Sequence[str]) -> None:
+    now = utcnow()
+    for start in range(0, len(task_ids), _BATCH):
+        session.execute(
+            update(Task).where(Task.id.in_(task_ids[start : start + _BATCH])).values(dispatched_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def get_task(session: Session, task_id: str) -> Task | None:
+    return session.get(Task, task_id)
+
+
+def list_tasks(session: Session, job_id: str) -> list[Task]:
+    return list(session.scalars(select(Task).where(Task.job_id == job_id).order_by(Task.archive_member)))
+
+
+def claim_task(session: Session, task_id: str, hostname: str, max_attempts: int) -> bool:
+    """PENDING (or IN_PROGRESS left by a dead child) -> IN_PROGRESS, counting the attempt."""
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status.in_(_OPEN_TASKS), Task.attempts < max_attempts)
+        .values(status=TaskStatus.IN_PROGRESS.value, attempts=Task.attempts + 1,
+                started_at=utcnow(), worker_hostname=hostname)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def finish_task_success(
+    session: Session, task_id: str, result_file_path: str, violation_count: int, rule_counts: dict[str, int],
+    encoding: str, duration_s: float,
+) -> bool:
+    """IN_PROGRESS -> SUCCESS; False if someone else already ended it."""
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.IN_PROGRESS.value)
+        .values(status=TaskStatus.SUCCESS.value, result_file_path=result_file_path,
+                violation_count=violation_count, rule_counts=json.dumps(rule_counts, sort_keys=True),
+                encoding=encoding, finished_at=utcnow(), duration_s=duration_s)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def fail_task(session: Session, task_id: str, reason: FailureReason, message: str, encoding: str | None = None) -> bool:
+    """Any open task -> FAILURE with a reason; False if it had already ended (idempotent)."""
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status.in_(_OPEN_TASKS))
+        .values(status=TaskStatus.FAILURE.value, failure_reason=reason.value, error_message=message[:2000],
+                encoding=encoding, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def open_task_ids(session: Session, job_id: str) -> list[str]:
+    return list(session.scalars(select(Task.id).where(and_(Task.job_id == job_id, Task.status.in_(_OPEN_TASKS)))))

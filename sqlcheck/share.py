@@ -1,0 +1,99 @@
+"""The shared (NFS) directory: where every job's files live, and how they are written.
+
+Layout, relative to the share root (a contract with the web service)::
+
+    uploads/...                      ZIPs as the web service stores them (any path it likes)
+    jobs/<job_id>/sources/<member>   expanded SQL files, directory structure kept
+    jobs/<job_id>/results/<task_id>.json
+    jobs/<job_id>/summary.json
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from sqlcheck.errors import SqlcheckError
+
+
+class OutsideShare(SqlcheckError):
+    """Raised when a relative path would resolve outside the directory it must stay in."""
+
+
+def resolve_inside(base: Path, relative: str | PurePosixPath) -> Path:
+    """Join ``relative`` onto ``base`` and refuse any result that leaves ``base``.
+
+    Symlinks already on disk are resolved too, so a planted link cannot redirect a write.
+    """
+    rel = str(relative)
+    if rel.startswith("/") or "\x00" in rel:
+        raise OutsideShare(f"path {rel!r} is absolute or invalid")
+    base = base.resolve()
+    target = (base / rel).resolve()
+    if target != base and base not in target.parents:
+        raise OutsideShare(f"path {rel!r} leaves {base}")
+    return target
+
+
+class SharePaths:
+    """Every path on the share, in one place; all relative paths are POSIX strings."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+
+    def absolute(self, relative: str) -> Path:
+        return resolve_inside(self.root, relative)
+
+    def relative(self, path: Path) -> str:
+        return path.resolve().relative_to(self.root).as_posix()
+
+    @staticmethod
+    def job_dir_rel(job_id: str) -> str:
+        return f"jobs/{job_id}"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.absolute(self.job_dir_rel(job_id))
+
+    def source_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "sources"
+
+    @staticmethod
+    def source_rel(job_id: str, member_path: str) -> str:
+        return f"jobs/{job_id}/sources/{member_path}"
+
+    @staticmethod
+    def result_rel(job_id: str, task_id: str) -> str:
+        return f"jobs/{job_id}/results/{task_id}.json"
+
+    @staticmethod
+    def summary_rel(job_id: str) -> str:
+        return f"jobs/{job_id}/summary.json"
+
+    @staticmethod
+    def upload_rel(job_id: str) -> str:
+        """Where `sqlcheckctl submit` stores a ZIP (the web service may choose its own path)."""
+        return f"uploads/{job_id}.zip"
+
+
+def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` so that a reader sees the old file or the whole new one, never half.
+
+    The temporary file lives in the same directory, so ``os.replace`` is a rename
+    on the same file system (atomic on NFS too).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,0 +1,109 @@
+"""Memory watchdog for pool children, run in each worker's main process.
+
+Every few hundred ms it reads each child's RSS with psutil. A busy child over
+SQLCHECK_CHILD_MAX_RSS_MB gets its file recorded FAILURE/memory first, then is
+SIGKILLed (a ballooning child might not survive a polite signal). An idle child
+over SQLCHECK_CHILD_RECYCLE_RSS_MB is replaced gracefully. Celery starts a new
+child either way. Runs on the worker's own timer, so no thread races the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import psutil
+from celery import bootsteps
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    kill_busy: dict[int, str]  # pid -> task id running there
+    recycle_idle: list[int]
+
+
+def judge_children(
+    rss_mb: Mapping[int, float], task_by_pid: Mapping[int, str], max_rss_mb: int, recycle_rss_mb: int
+) -> Verdicts:
+    """Pure decision: which children to kill for memory and which to recycle."""
+    kill, recycle = {}, []
+    for pid, rss in rss_mb.items():
+        task_id = task_by_pid.get(pid)
+        if task_id is not None and rss > max_rss_mb:
+            kill[pid] = task_id
+        elif task_id is None and rss > min(recycle_rss_mb, max_rss_mb):
+            recycle.append(pid)
+    return Verdicts(kill, sorted(recycle))
+
+
+def child_rss_mb(pids: list[int]) -> dict[int, float]:
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = psutil.Process(pid).memory_info().rss / MIB
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+#: set by worker_hooks.install: records FAILURE/memory for a task id before the kill
+record_memory_failure: Callable[[str, float], None] | None = None
+
+
+class RssWatchdog(bootsteps.StartStopStep):
+    """Celery worker bootstep; its limits come from the app config keys below."""
+
+    requires = {"celery.worker.components:Pool", "celery.worker.components:Timer"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        conf = worker.app.conf
+        self.max_rss_mb = int(conf.get("sqlcheck_child_max_rss_mb", 0))
+        self.recycle_rss_mb = int(conf.get("sqlcheck_child_recycle_rss_mb", 0))
+        self.interval_s = float(conf.get("sqlcheck_watchdog_interval_s", 0.25))
+        self.tref = None
+
+    def start(self, worker):
+        if self.max_rss_mb > 0:
+            self.tref = worker.timer.call_repeatedly(self.interval_s, self.check, (worker,), priority=10)
+
+    def stop(self, worker):
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    def check(self, worker):
+        from celery.worker import state
+
+        pool = getattr(worker.pool, "_pool", None)
+        processes = getattr(pool, "_pool", None) or []  # billiard's Process list (private; pinned, tested)
+        pids = [p.pid for p in processes if p.pid]
+        task_by_pid = {r.worker_pid: r.id for r in list(state.active_requests) if r.worker_pid}
+        verdicts = judge_children(child_rss_mb(pids), task_by_pid, self.max_rss_mb, self.recycle_rss_mb)
+        for pid, task_id in verdicts.kill_busy.items():
+            rss = child_rss_mb([pid]).get(pid, 0.0)
+            log.warning("task=%s child pid=%d RSS %.0f MiB > %d MiB: failing the file and killing the child",
+                        task_id, pid, rss, self.max_rss_mb)
+            if record_memory_failure is not None:
+                try:
+                    record_memory_failure(task_id, rss)
+                except Exception:  # the kill must happen even if the DB is down
+                    log.exception("task=%s could not record the memory failure", task_id)
+            _kill(pid, signal.SIGKILL)
+        for pid in verdicts.recycle_idle:
+            log.info("idle child pid=%d over %d MiB: recycling it", pid, self.recycle_rss_mb)
+            _kill(pid, signal.SIGTERM)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
