@@ -72,7 +72,7 @@ def _print_json(doc) -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the jobs/tasks tables to the newest schema."""
-    from sqlcheck.database import upgrade_schema
+    from sqlcheck.database import redacted_url, upgrade_schema
 
     s = settings()
     with user_errors():
@@ -80,13 +80,7 @@ def db_upgrade() -> None:
             upgrade_schema(s.resolved_database_url)
         except Exception as exc:  # driver errors: show one line, not a traceback
             raise ConfigError(f"setting DATABASE_URL: migration failed: {str(exc).splitlines()[0]}") from None
-    out.print(f"database schema is up to date ({_redact(s.resolved_database_url)})", highlight=False)
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    out.print(f"database schema is up to date ({redacted_url(s.resolved_database_url)})", highlight=False)
 
 
 # ---- worker -----------------------------------------------------------------------

@@ -74,6 +74,13 @@ class Database:
                 raise
 
 
+def redacted_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def upgrade_schema(url: str) -> None:
     """Bring the schema to the newest migration (`sqlcheckctl db upgrade`)."""
     from alembic import command
