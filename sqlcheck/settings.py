@@ -188,3 +188,14 @@ def settings_as_env(s: Settings) -> dict[str, str]:
             value = s.resolved_share_root
         env[f.metadata["env"]] = str(value)
     return env
+
+
+def settings_reference_markdown() -> str:
+    """The README's settings table, generated so the docs cannot drift from the code."""
+    defaults = Settings()
+    rows = ["| environment variable | TOML key | default | meaning |", "|---|---|---|---|"]
+    for name, f in FIELDS.items():
+        value = getattr(defaults, name)
+        shown = "" if value is None else str(value)
+        rows.append(f"| `{f.metadata['env']}` | `{name}` | `{shown}` | {f.metadata['help']} |")
+    return "\n".join(rows)
