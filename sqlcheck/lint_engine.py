@@ -67,14 +67,21 @@ def decode_sql(data: bytes) -> tuple[str, str]:
     return text, encoding
 
 
-def _config_overrides(dialect: str, options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+def _config_overrides(dialect: str, options: tuple[tuple[str, Any], ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Core overrides and nested configs; an option key `a:b:key` sets `[sqlfluff:a:b] key`."""
     overrides: dict[str, Any] = {
         "dialect": dialect,
         # Our own SQLCHECK_MAX_FILE_BYTES decides what is too large, and says so.
         "large_file_skip_byte_limit": 0,
     }
-    overrides.update(dict(options))
-    return overrides
+    configs: dict[str, Any] = {}
+    for key, value in options:
+        *sections, name = key.split(":")
+        node = configs
+        for section in sections:
+            node = node.setdefault(section, {})
+        (node if sections else overrides)[name] = value
+    return overrides, configs
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,7 +91,8 @@ def get_linter(dialect: str, options: tuple[tuple[str, Any], ...] = ()):
     from sqlfluff.core.errors import SQLFluffUserError
 
     try:
-        config = FluffConfig(overrides=_config_overrides(dialect, options))
+        overrides, configs = _config_overrides(dialect, options)
+        config = FluffConfig(configs=configs or None, overrides=overrides)
     except SQLFluffUserError as exc:
         raise UserInputError(f"invalid lint configuration: {exc}") from None
     return Linter(config=config)
