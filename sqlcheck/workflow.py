@@ -6,12 +6,13 @@ message may be delivered twice.
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from sqlcheck import job_config
 from sqlcheck import repository as repo
 from sqlcheck.archive import ExpansionLimits, expand_zip_safely
 from sqlcheck.database import Database
@@ -56,24 +57,13 @@ class Runtime:
 
 # ---- job options --------------------------------------------------------------
 
-#: per-job options a job row may set; nothing here can make sqlfluff load code
-ALLOWED_OPTIONS = ("rules", "exclude_rules")
 
-
-def lint_options(raw: str | None) -> tuple[tuple[str, Any], ...]:
-    """The job's `options` JSON as sqlfluff core overrides (hashable, for the Linter cache)."""
-    if not raw:
-        return ()
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise UserInputError("job options are not valid JSON") from None
-    if not isinstance(data, dict):
-        raise UserInputError("job options must be a JSON object")
-    unknown = sorted(set(data) - set(ALLOWED_OPTIONS))
-    if unknown:
-        raise UserInputError(f"job options not allowed: {', '.join(unknown)}")
-    return tuple(sorted((k, ",".join(v) if isinstance(v, list) else str(v)) for k, v in data.items()))
+def lint_settings(rt: Runtime, job_id: str, dialect_raw: str | None, options_raw: str | None) -> tuple[str, tuple]:
+    """The job's effective dialect and sqlfluff options (job row first, then its uploaded .sqlfluff)."""
+    uploaded = job_config.load_uploaded(rt.share, job_id)
+    dialect = job_config.effective_dialect(dialect_raw, uploaded, rt.settings.default_dialect)
+    options = job_config.effective_options(job_config.parse_job_options(options_raw), uploaded)
+    return dialect, job_config.sqlfluff_options(options)
 
 
 # ---- expand -----------------------------------------------------------------------
@@ -91,17 +81,27 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
             return
         repo.claim_job(s, job_id)
         source_path, dialect_raw, options_raw = job.source_path, job.dialect, job.options
-    dialect = dialect_raw or rt.settings.default_dialect
     try:
-        check_dialect(dialect)
-        lint_options(options_raw)
+        if dialect_raw:
+            check_dialect(dialect_raw)
+        job_config.parse_job_options(options_raw)
         zip_path = rt.share.absolute(source_path)
         expansion = expand_zip_safely(zip_path, rt.share.source_dir(job_id), rt.limits)
         if not expansion.members:
             found = f"; it holds {len(expansion.skipped)} other entries" if expansion.skipped else ""
             raise ArchiveError(f"the ZIP archive contains no .sql files{found}")
+        uploaded = _uploaded_config(zip_path, expansion.skipped)
+        job_config.save_uploaded(rt.share, job_id, uploaded)
+        check_dialect(job_config.effective_dialect(dialect_raw, uploaded, rt.settings.default_dialect))
     except (UserInputError, OutsideShare) as exc:
         fail_job(rt, job_id, str(exc))
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # fail_job removes the sources written so far
+        fail_job(rt, job_id, f"the share is full ({exc.strerror}) while expanding the archive; "
+                             "nothing was kept, please submit the job again later")
         return
     write_expansion_notes(rt.share, job_id, expansion.skipped)
     new_tasks = [
@@ -117,17 +117,53 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
     ]
     with rt.db.session() as s:
         total = repo.create_tasks(s, job_id, new_tasks)
-    with rt.db.session() as s:
-        to_send = repo.undispatched_task_ids(s, job_id)
-    send(to_send)
-    with rt.db.session() as s:
-        repo.mark_dispatched(s, to_send)
+    sent = send_undispatched(rt, job_id, send)
     rejected = sum(1 for m in expansion.members if m.rejected)
     log.info(
         "job=%s expanded: %d tasks (%d rejected members, %d skipped entries), %d messages sent",
-        job_id, total, rejected, len(expansion.skipped), len(to_send),
+        job_id, total, rejected, len(expansion.skipped), sent,
     )
     finalize_job(rt, job_id)
+
+
+def _uploaded_config(zip_path, skipped: list[dict[str, str]]) -> job_config.UploadedConfig:
+    """Whitelisted keys of the root .sqlfluff; an unknown dialect there is ignored, not fatal."""
+    uploaded = job_config.read_uploaded_config(zip_path, [e["member"] for e in skipped])
+    if uploaded.dialect:
+        try:
+            check_dialect(uploaded.dialect)
+        except UserInputError as exc:
+            uploaded.ignored.append({"file": job_config.ROOT_CONFIG, "key": "[sqlfluff] dialect", "reason": str(exc)})
+            uploaded.dialect = None
+    return uploaded
+
+
+#: messages sent between two `dispatched_at` updates: a failed send re-sends at most this many
+DISPATCH_BATCH = 500
+
+
+def send_undispatched(rt: Runtime, job_id: str, send: SendLintMessages) -> int:
+    """Send every PENDING task never sent, batch by batch; returns how many were sent.
+
+    A send that fails (Redis down) leaves its rows with dispatched_at NULL: they stay
+    PENDING and the reaper sends them later. A message sent but not recorded is sent
+    again; the task lock and the terminal-row check make that harmless.
+    """
+    with rt.db.session() as s:
+        to_send = repo.undispatched_task_ids(s, job_id)
+    sent = 0
+    for start in range(0, len(to_send), DISPATCH_BATCH):
+        batch = to_send[start : start + DISPATCH_BATCH]
+        try:
+            send(batch)
+        except Exception as exc:  # noqa: BLE001 - any send failure: keep the rows for the reaper
+            log.warning("job=%s could not send %d lint messages (%s: %s); they stay PENDING for the reaper",
+                        job_id, len(to_send) - sent, exc.__class__.__name__, exc)
+            return sent
+        with rt.db.session() as s:
+            repo.mark_dispatched(s, batch)
+        sent += len(batch)
+    return sent
 
 
 def fail_job(rt: Runtime, job_id: str, message: str) -> None:
@@ -155,8 +191,7 @@ def lint_task(rt: Runtime, task_id: str, hostname: str) -> None:
             return
         claimed = repo.claim_task(s, task_id, hostname, rt.settings.max_attempts)
         job = repo.get_job(s, job_id)
-        dialect = job.dialect or rt.settings.default_dialect
-        options_raw = job.options
+        dialect_raw, options_raw = job.dialect, job.options
         member, source_rel, attempts = task.archive_member, task.source_file_path, task.attempts + 1
     if not claimed:
         record_failure(
@@ -168,7 +203,8 @@ def lint_task(rt: Runtime, task_id: str, hostname: str) -> None:
     try:
         data = _read_source(rt, source_rel)
         text, encoding = decode_sql(data)
-        report = lint_sql(text, member, dialect, lint_options(options_raw))
+        dialect, options = lint_settings(rt, job_id, dialect_raw, options_raw)
+        report = lint_sql(text, member, dialect, options)
     except FileRejected as exc:
         record_failure(rt, task_id, exc.reason, str(exc))
         return
@@ -231,6 +267,9 @@ def write_summary(rt: Runtime, job_id: str) -> None:
         job = repo.get_job(s, job_id)
         tasks = repo.list_tasks(s, job_id)
     doc = summary_document(job, tasks, read_expansion_notes(rt.share, job_id))
+    doc["configuration"] = job_config.summary_part(
+        job.dialect, job.options, job_config.load_uploaded(rt.share, job_id), rt.settings.default_dialect
+    )
     write_job_summary(rt.share, doc)
     log.info(
         "job=%s %s: %d/%d files analysed, %d violations",
