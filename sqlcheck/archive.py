@@ -199,5 +199,10 @@ def _expand_member(
             name, rel, size=0, rejected=FailureReason.TOO_LARGE,
             message=f"file is larger than {limits.max_file_bytes} bytes (SQLCHECK_MAX_FILE_BYTES)",
         )
-    atomic_write(target, data, fsync=False)
+    try:
+        atomic_write(target, data, fsync=False)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        # "x.sql" and "x.sql/y.sql" in one archive: a file and a folder cannot share a path
+        return ArchiveMember(name, rel, rejected=FailureReason.DUPLICATE_MEMBER,
+                             message="a file and a folder of the archive have the same path")
     return ArchiveMember(name, rel, size=len(data), sha256=hashlib.sha256(data).hexdigest())
