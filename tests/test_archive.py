@@ -1,0 +1,278 @@
+"""Safe ZIP expansion: names decoded right, nothing escapes the job dir, limits on real bytes."""
+
+import hashlib
+import io
+import time
+import zipfile
+
+import pytest
+
+from sqlcheck.archive import ExpansionLimits, decode_member_name, expand_zip_safely, safe_relative_path
+from sqlcheck.errors import ArchiveError
+from sqlcheck.states import FailureReason
+from tests.helpers import make_zip
+from tests.zipcraft import ENCRYPTED_FLAG, set_flag_bits, zip_of_zeros, zip_with_raw_names, zip_with_symlink
+
+LIMITS = ExpansionLimits(max_members=100, max_file_bytes=100_000, max_total_bytes=1_000_000, max_ratio=200)
+
+
+def expand(tmp_path, zip_bytes: bytes, limits: ExpansionLimits = LIMITS):
+    zip_path = tmp_path / "upload.zip"
+    zip_path.write_bytes(zip_bytes)
+    dest = tmp_path / "job" / "sources"
+    return expand_zip_safely(zip_path, dest, limits), dest
+
+
+def files_under(path):
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def by_name(expansion):
+    return {m.name: m for m in expansion.members}
+
+
+# ---- member names ------------------------------------------------------------------
+
+
+def only_info(zip_bytes: bytes) -> zipfile.ZipInfo:
+    (info,) = zipfile.ZipFile(io.BytesIO(zip_bytes)).infolist()
+    return info
+
+
+def test_name_with_utf8_flag():
+    info = only_info(make_zip({"报表/查询.sql": "select 1"}))
+    assert info.flag_bits & 0x800
+    assert decode_member_name(info) == "报表/查询.sql"
+
+
+def test_gbk_name_without_utf8_flag():
+    raw = "报表/查询.sql".encode("gbk")
+    info = only_info(zip_with_raw_names({raw: b"select 1"}))
+    assert not info.flag_bits & 0x800
+    assert info.filename != "报表/查询.sql"  # what zipfile alone would show (CP437 mojibake)
+    assert decode_member_name(info) == "报表/查询.sql"
+
+
+def test_utf8_name_without_flag():
+    info = only_info(zip_with_raw_names({"données/été.sql".encode("utf-8"): b"select 1"}))
+    assert decode_member_name(info) == "données/été.sql"
+
+
+def test_cp437_name_when_neither_utf8_nor_gb18030():
+    raw = "café.sql".encode("cp437")  # 0x82 then '.': not UTF-8, not GB18030
+    info = only_info(zip_with_raw_names({raw: b"select 1"}))
+    assert decode_member_name(info) == "café.sql"
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("a/b.sql", "a/b.sql"),
+        ("./a//b.sql", "a/b.sql"),
+        ("a\\b.sql", "a/b.sql"),
+        ("../b.sql", None),
+        ("a/../../b.sql", None),
+        ("a/../b.sql", None),  # any '..' is refused, even one that would stay inside
+        ("..\\b.sql", None),
+        ("/etc/b.sql", None),
+        ("\\\\server\\share\\b.sql", None),
+        ("C:\\b.sql", None),
+        ("c:b.sql", None),
+        ("a\x00.sql", None),
+        ("", None),
+        ("./", None),
+    ],
+)
+def test_safe_relative_path(name, expected):
+    assert safe_relative_path(name) == expected
+
+
+# ---- members -------------------------------------------------------------------------
+
+
+def test_sql_members_written_with_directories_kept(tmp_path):
+    exp, dest = expand(tmp_path, make_zip({"a/x.sql": "select 1", "b/x.sql": "select 2", "Q.SQL": "select 3",
+                                           "deep/er/y.Sql": "select 4"}))
+    assert files_under(dest) == ["Q.SQL", "a/x.sql", "b/x.sql", "deep/er/y.Sql"]
+    assert (dest / "b" / "x.sql").read_text() == "select 2"
+    m = by_name(exp)["a/x.sql"]
+    assert (m.path, m.size, m.rejected) == ("a/x.sql", 8, None)
+    assert m.sha256 == hashlib.sha256(b"select 1").hexdigest()
+    assert exp.total_bytes == 32
+
+
+def test_non_sql_directories_and_macos_entries_skipped(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("dir/", "")
+        zf.writestr("dir/x.sql", "select 1")
+        zf.writestr("readme.txt", "hello")
+        zf.writestr("x.sql.bak", "select 1")
+        zf.writestr("__MACOSX/dir/._x.sql", "\x00\x05\x16\x07")
+        zf.writestr("dir/._y.sql", "\x00\x05\x16\x07")
+    exp, dest = expand(tmp_path, buf.getvalue())
+    assert [m.name for m in exp.members] == ["dir/x.sql"]
+    assert files_under(dest) == ["dir/x.sql"]
+    assert {s["member"]: s["reason"] for s in exp.skipped} == {
+        "readme.txt": "not a .sql file",
+        "x.sql.bak": "not a .sql file",
+        "__MACOSX/dir/._x.sql": "macOS resource fork",
+        "dir/._y.sql": "macOS resource fork",
+    }
+
+
+@pytest.mark.parametrize("evil", ["../evil.sql", "a/../../evil.sql", "/tmp/evil.sql", "C:\\evil.sql", "C:/evil.sql",
+                                  "..\\..\\evil.sql"])
+def test_escaping_member_rejected_and_nothing_written_outside(tmp_path, evil):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(zipfile.ZipInfo(evil), "drop table users;")  # ZipInfo keeps the name as given
+        zf.writestr("ok.sql", "select 1")
+    exp, dest = expand(tmp_path, buf.getvalue())
+    m = by_name(exp)[evil]
+    assert m.rejected is FailureReason.UNSAFE_MEMBER and m.path is None
+    assert files_under(tmp_path) == ["job/sources/ok.sql", "upload.zip"]
+
+
+def test_symlink_member_rejected(tmp_path):
+    exp, dest = expand(tmp_path, zip_with_symlink("link.sql", "/etc/passwd", {"ok.sql": b"select 1"}))
+    m = by_name(exp)["link.sql"]
+    assert m.rejected is FailureReason.UNSAFE_MEMBER and "symbolic link" in m.message
+    assert files_under(dest) == ["ok.sql"]
+    assert not (dest / "link.sql").is_symlink()
+
+
+def test_symlink_planted_in_destination_is_not_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "job" / "sources"
+    dest.mkdir(parents=True)
+    (dest / "a").symlink_to(outside, target_is_directory=True)
+    zip_path = tmp_path / "upload.zip"
+    zip_path.write_bytes(make_zip({"a/x.sql": "select 1"}))
+    exp = expand_zip_safely(zip_path, dest, LIMITS)
+    assert exp.members[0].rejected is FailureReason.UNSAFE_MEMBER
+    assert list(outside.iterdir()) == []
+
+
+def test_encrypted_member_rejected_without_reading(tmp_path):
+    zip_bytes = set_flag_bits(make_zip({"secret.sql": "select 1", "ok.sql": "select 2"}), "secret.sql", ENCRYPTED_FLAG)
+    exp, dest = expand(tmp_path, zip_bytes)
+    assert by_name(exp)["secret.sql"].rejected is FailureReason.ENCRYPTED
+    assert files_under(dest) == ["ok.sql"]
+
+
+def test_duplicate_paths_rejected_first_one_kept(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf, pytest.warns(UserWarning, match="Duplicate"):
+        zf.writestr("a/x.sql", "select 1")
+        zf.writestr("a/x.sql", "select 2")
+        zf.writestr("./a/x.sql", "select 3")
+    exp, dest = expand(tmp_path, buf.getvalue())
+    assert [m.rejected for m in exp.members] == [None, FailureReason.DUPLICATE_MEMBER, FailureReason.DUPLICATE_MEMBER]
+    assert (dest / "a" / "x.sql").read_text() == "select 1"
+
+
+@pytest.mark.parametrize("names", [("x.sql", "x.sql/y.sql"), ("x.sql", "x.sql/a/y.sql"), ("x.sql/y.sql", "x.sql")])
+def test_file_and_directory_of_the_same_name_do_not_crash(tmp_path, names):
+    first, second = names
+    exp, dest = expand(tmp_path, make_zip({first: "select 1", second: "select 2", "ok.sql": "select 3"}))
+    members = by_name(exp)
+    assert members[first].rejected is None
+    assert members[second].rejected is FailureReason.DUPLICATE_MEMBER
+    assert members["ok.sql"].rejected is None
+    assert (dest / first).read_text() == "select 1"
+    assert (dest / "ok.sql").read_text() == "select 3"
+
+
+def test_oversize_member_rejected_too_large_without_writing(tmp_path):
+    limits = ExpansionLimits(100, max_file_bytes=1000, max_total_bytes=1_000_000, max_ratio=1000)
+    exp, dest = expand(tmp_path, make_zip({"big.sql": "select 1;\n" * 101, "fits.sql": "x" * 1000}), limits)
+    big = by_name(exp)["big.sql"]
+    assert big.rejected is FailureReason.TOO_LARGE and "SQLCHECK_MAX_FILE_BYTES" in big.message
+    assert by_name(exp)["fits.sql"].rejected is None
+    assert files_under(dest) == ["fits.sql"]
+
+
+def test_ratio_bomb_refused_quickly_without_writing_inflated_bytes(tmp_path):
+    zip_bytes = zip_of_zeros({"a.sql": 10, "bomb.sql": 200 * 1024 * 1024})
+    assert len(zip_bytes) < 1_000_000
+    limits = ExpansionLimits(100, max_file_bytes=1 << 30, max_total_bytes=1 << 31, max_ratio=200)
+    started = time.monotonic()
+    with pytest.raises(ArchiveError, match="200:1"):
+        expand(tmp_path, zip_bytes, limits)
+    assert time.monotonic() - started < 5
+    written = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file() and p.name != "upload.zip")
+    assert written < 1_000
+
+
+def test_lying_header_cannot_pass_the_size_limit(tmp_path):
+    """The limit is on inflated bytes: a member whose header claims 10 bytes is still stopped."""
+    zip_bytes = bytearray(make_zip({"x.sql": "select 1;\n" * 1000}))
+    info = zipfile.ZipFile(io.BytesIO(bytes(zip_bytes))).getinfo("x.sql")
+    cd = bytes(zip_bytes).rfind(b"PK\x01\x02")
+    zip_bytes[cd + 24 : cd + 28] = (10).to_bytes(4, "little")  # uncompressed size claimed in the central dir
+    assert info.file_size == 10_000
+    limits = ExpansionLimits(100, max_file_bytes=5000, max_total_bytes=1_000_000, max_ratio=1000)
+    try:
+        exp, dest = expand(tmp_path, bytes(zip_bytes), limits)
+    except ArchiveError:
+        return  # refusing the whole archive is fine too
+    assert exp.members[0].rejected is FailureReason.TOO_LARGE
+    assert files_under(dest) == []
+
+
+def test_total_bytes_limit(tmp_path):
+    limits = ExpansionLimits(100, max_file_bytes=60_000, max_total_bytes=100_000, max_ratio=1000)
+    entries = {f"f{i}.sql": "select 1;\n" * 5000 for i in range(3)}  # 50 kB each
+    with pytest.raises(ArchiveError, match="SQLCHECK_MAX_UNCOMPRESSED_BYTES"):
+        expand(tmp_path, make_zip(entries), limits)
+
+
+def test_too_many_members(tmp_path):
+    limits = ExpansionLimits(3, 1000, 10_000, 1000)
+    with pytest.raises(ArchiveError, match="SQLCHECK_MAX_ZIP_MEMBERS"):
+        expand(tmp_path, make_zip({f"{i}.sql": "select 1" for i in range(4)}), limits)
+    exp, _ = expand(tmp_path, make_zip({f"{i}.sql": "select 1" for i in range(3)}), limits)
+    assert len(exp.members) == 3
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "not a valid ZIP"),
+        (b"this is not a zip file at all" * 10, "not a valid ZIP"),
+        (b"PK\x05\x06" + bytes(18), "empty"),  # only an end-of-central-directory record
+    ],
+)
+def test_unusable_archives(tmp_path, content, message):
+    with pytest.raises(ArchiveError, match=message):
+        expand(tmp_path, content)
+
+
+def test_empty_zip_written_by_zipfile(tmp_path):
+    buf = io.BytesIO()
+    zipfile.ZipFile(buf, "w").close()
+    with pytest.raises(ArchiveError, match="empty"):
+        expand(tmp_path, buf.getvalue())
+
+
+def test_truncated_zip(tmp_path):
+    whole = make_zip({f"f{i}.sql": f"select {i} from t;\n" * 200 for i in range(5)})
+    with pytest.raises(ArchiveError, match="not a valid ZIP"):
+        expand(tmp_path, whole[: len(whole) // 2])
+
+
+def test_corrupt_member_data(tmp_path):
+    whole = bytearray(make_zip({"f.sql": "select a, b, c from some_table where x = 1;\n" * 200}))
+    info = zipfile.ZipFile(io.BytesIO(bytes(whole))).getinfo("f.sql")
+    start = info.header_offset + 30 + len(info.orig_filename)
+    for i in range(start + 5, start + 25):
+        whole[i] ^= 0xFF
+    with pytest.raises(ArchiveError, match="corrupt"):
+        expand(tmp_path, bytes(whole))
+
+
+def test_missing_upload(tmp_path):
+    with pytest.raises(ArchiveError, match="not found"):
+        expand_zip_safely(tmp_path / "nope.zip", tmp_path / "d", LIMITS)

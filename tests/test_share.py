@@ -1,0 +1,83 @@
+"""The share: no path leaves its root, and writes are all-or-nothing."""
+
+import os
+import threading
+
+import pytest
+
+from sqlcheck.share import OutsideShare, SharePaths, atomic_write, resolve_inside
+
+
+@pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/passwd", "a/\x00b", "jobs/../../outside"])
+def test_resolve_inside_refuses_escapes(tmp_path, rel):
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(OutsideShare):
+        resolve_inside(root, rel)
+
+
+def test_resolve_inside_accepts_paths_that_stay(tmp_path):
+    assert resolve_inside(tmp_path, "a/b/../c.sql") == tmp_path.resolve() / "a" / "c.sql"
+    assert resolve_inside(tmp_path, ".") == tmp_path.resolve()
+
+
+def test_resolve_inside_refuses_a_symlink_planted_on_disk(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "jobs").mkdir(parents=True)
+    outside.mkdir()
+    (root / "jobs" / "evil").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(OutsideShare):
+        resolve_inside(root, "jobs/evil/x.sql")
+    # a link that stays inside the root is fine
+    (root / "jobs" / "alias").symlink_to(root / "jobs", target_is_directory=True)
+    assert resolve_inside(root, "jobs/alias/y") == (root / "jobs" / "y").resolve()
+
+
+def test_share_paths_layout(tmp_path):
+    share = SharePaths(tmp_path)
+    assert share.source_rel("J", "a/x.sql") == "jobs/J/sources/a/x.sql"
+    assert share.result_rel("J", "T") == "jobs/J/results/T.json"
+    assert share.summary_rel("J") == "jobs/J/summary.json"
+    assert share.relative(share.absolute("jobs/J/summary.json")) == "jobs/J/summary.json"
+    with pytest.raises(OutsideShare):
+        share.absolute("jobs/../../x")
+
+
+def test_atomic_write_creates_parents_and_replaces(tmp_path):
+    target = tmp_path / "a" / "b" / "f.json"
+    atomic_write(target, b"one")
+    atomic_write(target, b"two", fsync=False)
+    assert target.read_bytes() == b"two"
+    assert sorted(os.listdir(target.parent)) == ["f.json"]  # no temp file left behind
+
+
+def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path):
+    target = tmp_path / "f"
+    atomic_write(target, b"old")
+
+
+    with pytest.raises(TypeError):
+        atomic_write(target, "not bytes")  # type: ignore[arg-type]  # write() fails midway
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["f"]
+
+
+def test_reader_never_sees_half_a_file(tmp_path):
+    target = tmp_path / "f"
+    big_a, big_b = b"a" * 2_000_000, b"b" * 2_000_000
+    atomic_write(target, big_a, fsync=False)
+    seen = set()
+    stop = threading.Event()
+
+    def read():
+        while not stop.is_set():
+            data = target.read_bytes()
+            seen.add((len(data), data[:1], data[-1:]))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(30):
+        atomic_write(target, big_b if i % 2 else big_a, fsync=False)
+    stop.set()
+    reader.join()
+    assert seen <= {(2_000_000, b"a", b"a"), (2_000_000, b"b", b"b")}
