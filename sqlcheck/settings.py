@@ -77,6 +77,18 @@ class Settings:
         default=2.0, metadata=_env("SQLCHECK_RETRY_BASE_DELAY_S", "first retry delay; doubles each retry, with jitter, seconds")
     )
     retry_max_delay_s: float = field(default=60.0, metadata=_env("SQLCHECK_RETRY_MAX_DELAY_S", "longest retry delay, seconds"))
+    reaper_interval_s: float = field(
+        default=30.0, metadata=_env("SQLCHECK_REAPER_INTERVAL_S", "pause between two passes of `sqlcheckctl reap --loop`, seconds")
+    )
+    reaper_margin_s: int = field(
+        default=60, metadata=_env("SQLCHECK_REAPER_MARGIN_S", "IN_PROGRESS past hard limit + this with no lock holder is re-sent, seconds")
+    )
+    reaper_lost_after_s: int = field(
+        default=300, metadata=_env("SQLCHECK_REAPER_LOST_AFTER_S", "a PENDING task/job whose message is not queued this long is re-sent, seconds")
+    )
+    visibility_timeout_override_s: int = field(
+        default=0, metadata=_env("SQLCHECK_VISIBILITY_TIMEOUT_S", "Redis visibility timeout; 0 = 2 x the longest hard limit + 60, seconds")
+    )
     log_level: str = field(default="INFO", metadata=_env("SQLCHECK_LOG_LEVEL", "log level for workers and the CLI"))
     log_format: str = field(default="text", metadata=_env("SQLCHECK_LOG_FORMAT", "text or json (one JSON object per line)"))
 
@@ -105,6 +117,8 @@ class Settings:
     @property
     def visibility_timeout_s(self) -> int:
         """Longer than any task may run, so Redis never redelivers a live task."""
+        if self.visibility_timeout_override_s:
+            return self.visibility_timeout_override_s
         return 2 * max(self.hard_time_limit_s, self.zip_hard_time_limit_s) + 60
 
 
