@@ -95,6 +95,8 @@ def get_linter(dialect: str, options: tuple[tuple[str, Any], ...] = ()):
         config = FluffConfig(configs=configs or None, overrides=overrides)
     except SQLFluffUserError as exc:
         raise UserInputError(f"invalid lint configuration: {exc}") from None
+    except KeyError:  # sqlfluff's dialect lookup raises a bare KeyError for unknown names
+        raise UserInputError(f"unknown SQL dialect {dialect!r}") from None
     return Linter(config=config)
 
 
