@@ -191,24 +191,40 @@ def job_show(job_id: str, as_json: bool = typer.Option(False, "--json", help="pr
 @app.command()
 def report(
     job_id: str,
-    fmt: str = typer.Option("text", "--format", "-f", help="text or json"),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, json, sarif or csv (UTF-8 with BOM)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to this file instead of stdout"),
 ) -> None:
-    """The job's report, from its summary.json."""
-    from sqlcheck.reports import json_report, text_report
+    """The job's report, from its summary.json and result files."""
+    from sqlcheck.reports import job_report
     from sqlcheck.share import SharePaths
 
     s = settings()
-    share = SharePaths(s.resolved_share_root)
-    path = share.absolute(share.summary_rel(job_id))
-    if not path.exists():
-        err.print(f"[red]error:[/red] no summary for job {job_id} yet (is it finished?)")
-        raise typer.Exit(EXIT_FAIL)
-    summary = json.loads(path.read_text("utf-8"))
-    renderers = {"text": text_report, "json": json_report}
-    if fmt not in renderers:
-        err.print(f"[red]error:[/red] unknown format {fmt!r}; choose from {', '.join(renderers)}")
-        raise typer.Exit(EXIT_ERROR)
-    sys.stdout.write(renderers[fmt](summary) + "\n")
+    with user_errors():
+        data = job_report(SharePaths(s.resolved_share_root), job_id, fmt).encode("utf-8")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    if output:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)  # bytes: the console's encoding must not mangle Chinese text
+        sys.stdout.flush()
+
+
+@app.command()
+def reap(
+    loop: bool = typer.Option(False, "--loop", help="keep reaping (the supervisord program); default one pass"),
+    interval: Optional[float] = typer.Option(None, "--interval", help="seconds between passes; default SQLCHECK_REAPER_INTERVAL_S"),
+) -> None:
+    """Bring stuck work to an end: re-send lost messages, fail what used up its attempts, finalize jobs."""
+    from sqlcheck.logs import configure_logging
+    from sqlcheck.reaper import run
+    from sqlcheck.workflow import Runtime
+
+    s = settings()
+    configure_logging(s.log_level, s.log_format)
+    with user_errors():
+        report = run(Runtime.from_settings(s), loop, interval or s.reaper_interval_s)
+    out.print(f"reaper: {report.line()}", highlight=False)
 
 
 def main() -> None:

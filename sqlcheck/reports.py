@@ -1,9 +1,17 @@
-"""Human and machine reports built from a job's summary.json: pure functions."""
+"""Human and machine reports built from a job's summary.json and result files.
+
+The renderers are pure functions; `job_report` reads the files and picks one.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from typing import Any
+from typing import Any, Iterable
+
+from sqlcheck.errors import SqlcheckError, UserInputError
+from sqlcheck.share import SharePaths
 
 
 def text_report(summary: dict[str, Any], top: int = 10) -> str:
@@ -38,3 +46,75 @@ def text_report(summary: dict[str, Any], top: int = 10) -> str:
 
 def json_report(summary: dict[str, Any]) -> str:
     return json.dumps(summary, ensure_ascii=False, indent=2, sort_keys=True)
+
+
+#: CSV columns, one row per violation
+CSV_COLUMNS = ("member", "line", "pos", "code", "name", "description")
+#: a UTF-8 byte order mark: spreadsheet tools then read Chinese member names and messages right
+UTF8_BOM = "\ufeff"
+
+
+def csv_report(results: Iterable[dict[str, Any]]) -> str:
+    """One row per violation, ordered by member, line, position; starts with a UTF-8 BOM."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)  # default dialect: quoted as needed, CRLF line ends (what Excel expects)
+    writer.writerow(CSV_COLUMNS)
+    for doc in sorted(results, key=lambda d: d["archive_member"]):
+        for v in doc["violations"]:
+            writer.writerow((doc["archive_member"], v["start_line_no"], v["start_line_pos"], v["code"],
+                             v.get("name") or "", v.get("description") or ""))
+    return UTF8_BOM + buf.getvalue()
+
+
+class ReportUnavailable(SqlcheckError):
+    """Raised when a job has no summary yet (unknown job, or not finished)."""
+
+
+def read_summary(share: SharePaths, job_id: str) -> dict[str, Any]:
+    path = share.absolute(share.summary_rel(job_id))
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ReportUnavailable(f"no summary for job {job_id} yet (unknown job, or not finished)") from None
+
+
+def read_results(share: SharePaths, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result documents of the job's analysed files, as listed in its summary."""
+    return [
+        json.loads(share.absolute(f["result_file_path"]).read_text("utf-8"))
+        for f in summary.get("files", []) if f.get("result_file_path")
+    ]
+
+
+def sarif_rel(job_id: str) -> str:
+    return f"jobs/{job_id}/report.sarif"
+
+
+def write_job_sarif(share: SharePaths, summary: dict[str, Any]) -> str:
+    """Write jobs/<job_id>/report.sarif from the summary and result files; returns its relative path."""
+    from sqlcheck.sarif import sarif_bytes, sarif_document
+    from sqlcheck.share import atomic_write
+
+    rel = sarif_rel(summary["job_id"])
+    atomic_write(share.absolute(rel), sarif_bytes(sarif_document(summary, read_results(share, summary))))
+    return rel
+
+
+REPORT_FORMATS = ("text", "json", "sarif", "csv")
+
+
+def job_report(share: SharePaths, job_id: str, fmt: str) -> str:
+    """The job's report in one of REPORT_FORMATS, from the files on the share."""
+    from sqlcheck.sarif import sarif_bytes, sarif_document
+
+    if fmt not in REPORT_FORMATS:
+        raise UserInputError(f"unknown report format {fmt!r}; choose from {', '.join(REPORT_FORMATS)}")
+    summary = read_summary(share, job_id)
+    if fmt == "text":
+        return text_report(summary)
+    if fmt == "json":
+        return json_report(summary)
+    results = read_results(share, summary)
+    if fmt == "csv":
+        return csv_report(results)
+    return sarif_bytes(sarif_document(summary, results)).decode("utf-8")

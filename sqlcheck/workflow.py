@@ -18,6 +18,7 @@ from sqlcheck.archive import ExpansionLimits, expand_zip_safely
 from sqlcheck.database import Database
 from sqlcheck.errors import ArchiveError, FileRejected, UserInputError
 from sqlcheck.lint_engine import check_dialect, decode_sql, lint_sql
+from sqlcheck.reports import write_job_sarif
 from sqlcheck.result_files import (
     read_expansion_notes,
     rule_counts,
@@ -271,6 +272,10 @@ def write_summary(rt: Runtime, job_id: str) -> None:
         job.dialect, job.options, job_config.load_uploaded(rt.share, job_id), rt.settings.default_dialect
     )
     write_job_summary(rt.share, doc)
+    try:
+        write_job_sarif(rt.share, doc)
+    except (OSError, ValueError) as exc:  # the summary stands; `sqlcheckctl report -f sarif` rebuilds it
+        log.warning("job=%s report.sarif not written: %s", job_id, exc)
     log.info(
         "job=%s %s: %d/%d files analysed, %d violations",
         job_id, job.status, job.succeeded_tasks, job.total_tasks, doc["violations_total"],
