@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterable, Sequence
 
-from sqlalchemy import and_, case, exists, func, select, update
+from sqlalchemy import and_, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from sqlcheck.models import Job, Task, utcnow
@@ -242,3 +243,62 @@ def fail_task(session: Session, task_id: str, reason: FailureReason, message: st
 
 def open_task_ids(session: Session, job_id: str) -> list[str]:
     return list(session.scalars(select(Task.id).where(and_(Task.job_id == job_id, Task.status.in_(_OPEN_TASKS)))))
+
+
+# ---- reaper: rows that no message will ever move -------------------------------------
+
+
+def stale_in_progress_tasks(session: Session, started_before: datetime, limit: int = _BATCH) -> list[Task]:
+    """IN_PROGRESS rows started before the cut-off: their worker should have ended them by now."""
+    return list(session.scalars(
+        select(Task).where(Task.status == TaskStatus.IN_PROGRESS.value, Task.started_at < started_before)
+        .order_by(Task.started_at).limit(limit)
+    ))
+
+
+def stale_pending_tasks(session: Session, before: datetime, limit: int = 5 * _BATCH) -> list[Task]:
+    """PENDING rows sent before the cut-off, or never sent and created before it."""
+    return list(session.scalars(
+        select(Task).where(
+            Task.status == TaskStatus.PENDING.value,
+            or_(Task.dispatched_at < before, and_(Task.dispatched_at.is_(None), Task.created_at < before)),
+        ).order_by(Task.created_at).limit(limit)
+    ))
+
+
+def requeue_task(session: Session, task_id: str, started_at: datetime | None) -> bool:
+    """IN_PROGRESS (as last seen, same started_at) -> PENDING, marked as sent now; False if it moved meanwhile."""
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.IN_PROGRESS.value, Task.started_at == started_at)
+        .values(status=TaskStatus.PENDING.value, dispatched_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def stale_unexpanded_jobs(session: Session, before: datetime, limit: int = _BATCH) -> list[Job]:
+    """PENDING/PROCESSING jobs without a single task row, created (or claimed) before the cut-off."""
+    return list(session.scalars(
+        select(Job).where(
+            Job.status.in_([JobStatus.PENDING.value, JobStatus.PROCESSING.value]),
+            Job.total_tasks == 0,
+            func.coalesce(Job.started_at, Job.created_at) < before,
+        ).order_by(Job.created_at).limit(limit)
+    ))
+
+
+def processing_jobs_without_open_tasks(session: Session, limit: int = _BATCH) -> list[str]:
+    """PROCESSING jobs whose tasks all ended: the last finisher died before finalizing."""
+    still_open = exists().where(Task.job_id == Job.id, Task.status.in_(_OPEN_TASKS))
+    return list(session.scalars(
+        select(Job.id).where(Job.status == JobStatus.PROCESSING.value, Job.total_tasks > 0, ~still_open).limit(limit)
+    ))
+
+
+def terminal_jobs_finished_between(session: Session, after: datetime, before: datetime,
+                                   limit: int = 5 * _BATCH) -> list[str]:
+    return list(session.scalars(
+        select(Job.id).where(Job.status.in_(_TERMINAL_JOBS), Job.finished_at >= after, Job.finished_at < before)
+        .order_by(Job.finished_at).limit(limit)
+    ))
