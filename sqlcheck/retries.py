@@ -25,7 +25,11 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def backoff_delay_s(retries: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform in [base/2, min(max, base * 2**retries)]."""
+    """Exponential backoff with "equal jitter": uniform in [ceiling/2, ceiling], ceiling = min(max, base * 2**retries).
+
+    Each delay is at least the previous ceiling, so successive delays never shrink
+    (until the cap), while two workers retrying together still spread out.
+    """
     rng = rng or random
     ceiling = min(max_s, base_s * (2**retries))
-    return rng.uniform(min(base_s / 2, ceiling), ceiling)
+    return rng.uniform(ceiling / 2, ceiling)
