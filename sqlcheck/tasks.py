@@ -104,9 +104,15 @@ def process_sql_file(self, task_id: str) -> None:
                         task_id, exc.__class__.__name__, exc, self.request.retries + 1, delay)
             _release_quietly(lock)
             raise self.retry(countdown=delay, max_retries=rt.settings.max_retries) from None
-        log.exception("task=%s lint failed with an internal error", task_id)
         reason = FailureReason.INTERNAL
-        workflow.record_failure(rt, task_id, reason, f"internal error: {exc.__class__.__name__}: {exc}")
+        if is_transient(exc):
+            # the outage outlasted every retry: say so, with the real error, and no traceback
+            log.error("task=%s gave up after %d retries: %s: %s", task_id, self.request.retries, exc.__class__.__name__, exc)
+            message = f"gave up after {self.request.retries} retries of a transient error: {exc.__class__.__name__}: {exc}"
+        else:
+            log.exception("task=%s lint failed with an internal error", task_id)
+            message = f"internal error: {exc.__class__.__name__}: {exc}"
+        workflow.record_failure(rt, task_id, reason, message)
     finally:
         _release_quietly(lock)
 
