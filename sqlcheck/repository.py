@@ -126,6 +126,46 @@ def task_progress(session: Session, job_id: str) -> dict[str, int]:
     )
 
 
+# ---- metrics: aggregates read at scrape time (sqlcheck/metrics.py) ---------------
+
+
+def ended_task_counts(session: Session) -> list[tuple[str | None, str, str | None, int]]:
+    """(job dialect or None, task status, failure reason or None, count) over ended tasks."""
+    return [tuple(r) for r in session.execute(
+        select(Job.dialect, Task.status, Task.failure_reason, func.count())
+        .join(Job, Job.id == Task.job_id)
+        .where(Task.status.in_(_TERMINAL_TASKS))
+        .group_by(Job.dialect, Task.status, Task.failure_reason)
+    ).all()]
+
+
+def task_counts_by_status(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Task.status, func.count()).group_by(Task.status)).all())
+
+
+def lint_duration_buckets(
+    session: Session, size_edges: Sequence[int], duration_edges: Sequence[float]
+) -> list[tuple[int, int, float, list[int]]]:
+    """Lint durations of analysed files, grouped by file size, counted into cumulative buckets.
+
+    Returns (size bucket index, count, sum of seconds, [count with duration <= edge, per
+    duration edge]); size bucket i holds sizes <= size_edges[i], the last one the rest.
+    Computed by the database, so a scrape never loads one row per file.
+    """
+    size_bucket = case(*((Task.size_bytes <= edge, i) for i, edge in enumerate(size_edges)), else_=len(size_edges))
+    rows = (
+        select(size_bucket.label("bucket"), Task.duration_s.label("d"))
+        .where(Task.status == TaskStatus.SUCCESS.value, Task.duration_s.is_not(None))
+        .subquery()
+    )
+    result = session.execute(
+        select(rows.c.bucket, func.count(), func.coalesce(func.sum(rows.c.d), 0.0),
+               *(func.sum(case((rows.c.d <= edge, 1), else_=0)) for edge in duration_edges))
+        .group_by(rows.c.bucket)
+    ).all()
+    return [(int(r[0]), int(r[1]), float(r[2]), [int(n or 0) for n in r[3:]]) for r in result]
+
+
 # ---- tasks ------------------------------------------------------------------
 
 
