@@ -89,6 +89,12 @@ class Settings:
     visibility_timeout_override_s: int = field(
         default=0, metadata=_env("SQLCHECK_VISIBILITY_TIMEOUT_S", "Redis visibility timeout; 0 = 2 x the longest hard limit + 60, seconds")
     )
+    metrics_port: int = field(
+        default=0, metadata=_env("SQLCHECK_METRICS_PORT", "Prometheus endpoint port (a supervisord program); 0 = off")
+    )
+    metrics_bind: str = field(
+        default="127.0.0.1", metadata=_env("SQLCHECK_METRICS_BIND", "address the Prometheus endpoint listens on")
+    )
     log_level: str = field(default="INFO", metadata=_env("SQLCHECK_LOG_LEVEL", "log level for workers and the CLI"))
     log_format: str = field(default="text", metadata=_env("SQLCHECK_LOG_FORMAT", "text or json (one JSON object per line)"))
 
