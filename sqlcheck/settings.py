@@ -117,8 +117,12 @@ class Settings:
 
     @property
     def lock_ttl_s(self) -> int:
-        """A task lock outlives the hard limit, so it never expires under a live holder."""
-        return self.hard_time_limit_s + 60
+        """A task lock outlives the hard limit, so it never expires under a live holder.
+
+        It expires by the time the reaper looks (hard limit + SQLCHECK_REAPER_MARGIN_S), so a lock
+        left by a SIGKILLed host does not hide its task from the reaper.
+        """
+        return self.hard_time_limit_s + max(5, self.reaper_margin_s)
 
     @property
     def visibility_timeout_s(self) -> int:
