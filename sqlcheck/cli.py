@@ -26,6 +26,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 job_app = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(job_app, name="job")
+config_app = typer.Typer(help="The generated supervisord configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 out = Console()
 err = Console(stderr=True)
@@ -208,6 +210,156 @@ def report(
     else:
         sys.stdout.buffer.write(data)  # bytes: the console's encoding must not mangle Chinese text
         sys.stdout.flush()
+
+
+# ---- daemon (supervisord) ---------------------------------------------------------
+
+
+@config_app.command("render")
+def config_render(
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="directory; default SQLCHECK_HOME"),
+    bin_dir: Optional[Path] = typer.Option(None, "--bin-dir", help="venv bin dir named in commands; default this one"),
+) -> None:
+    """Write supervisord/supervisord.conf and systemd/sqlcheck.service rendered from the settings."""
+    from sqlcheck.control import make_plan, write_config
+
+    s = settings()
+    with user_errors():
+        for path in write_config(make_plan(s, bin_dir), out_dir):
+            out.print(str(path), highlight=False)
+
+
+def _say(line: str) -> None:
+    err.print(line, highlight=False)
+
+
+@app.command()
+def start(timeout: float = typer.Option(120, help="seconds to wait until every worker answers")) -> None:
+    """Start supervisord and the workers; return when every node answers a ping. Idempotent."""
+    from sqlcheck.control import start as start_daemon
+
+    s = settings()
+    with user_errors():
+        result = start_daemon(s, timeout, _say)
+    verb = "was already running" if result.already_running else f"started in {result.seconds:.1f} s"
+    out.print(f"sqlcheck {verb}: {', '.join(f'{n} {st}' for n, st in result.programs.items())}", highlight=False)
+    out.print(f"nodes answering: {', '.join(result.nodes)}", highlight=False)
+    out.print(f"supervisorctl -c {result.conf} status", highlight=False)
+
+
+@app.command()
+def stop(timeout: Optional[float] = typer.Option(None, help="seconds to wait for files in flight, then cold "
+                                                 "shutdown (they go back to Redis); default stopwaitsecs + 10")) -> None:
+    """Stop the workers warm (files in flight finish, queued messages stay in Redis), then supervisord."""
+    from sqlcheck.control import stop as stop_daemon
+
+    s = settings()
+    with user_errors():
+        result = stop_daemon(s, timeout, _say)
+    if not result.was_running:
+        out.print("sqlcheck is not running")
+        return
+    waited = f"; waited for {len(result.waited_for)} file(s) in flight" if result.waited_for else ""
+    how = "cold (timeout ran out; unfinished files went back to Redis)" if result.cold else "warm"
+    out.print(f"sqlcheck stopped {how} in {result.seconds:.1f} s{waited}", highlight=False)
+
+
+@app.command()
+def restart(timeout: float = typer.Option(300, help="seconds to wait for each program to come back")) -> None:
+    """Rolling restart: one program at a time, each stopped warm and pinged before the next."""
+    from sqlcheck.control import restart as restart_daemon
+
+    s = settings()
+    with user_errors():
+        names = restart_daemon(s, timeout, _say)
+    out.print(f"restarted: {', '.join(names) or 'everything (it was not running)'}", highlight=False)
+
+
+@app.command()
+def reload(timeout: float = typer.Option(300, help="seconds to wait for replaced programs")) -> None:
+    """Re-render the configuration and apply only the programs whose sections changed."""
+    from sqlcheck.control import reload as reload_daemon
+
+    s = settings()
+    with user_errors():
+        result = reload_daemon(s, timeout, _say)
+    if not (result.added or result.changed or result.removed):
+        out.print("configuration unchanged; nothing restarted")
+        return
+    out.print(f"added: {result.added or '-'}  changed: {result.changed or '-'}  removed: {result.removed or '-'}",
+              highlight=False)
+
+
+STATUS_EXIT = {"running": EXIT_OK, "stopped": EXIT_NOT_RUNNING, "partial": EXIT_FAIL, "unknown": EXIT_UNKNOWN}
+
+
+def _status_table(doc) -> None:
+    from rich.table import Table
+
+    sup = doc["supervisord"] or {}
+    out.print(f"[bold]{doc['state']}[/bold]  supervisord: "
+              f"{sup.get('error') or 'pid %s %s' % (sup.get('pid'), sup.get('state'))}", highlight=False)
+    table = Table("program", "state", "pid", "RSS MiB", "children (pid:MiB)", "node", "ping", "active")
+    nodes = dict(doc["nodes"])
+    for p in doc["programs"]:
+        node = next((n for n in nodes if n.split("@")[0] == p["name"].split(":")[-1]), "")
+        info = nodes.get(node, {})
+        children = " ".join(f"{c['pid']}:{c['rss_mb']}" for c in p.get("children", []))
+        table.add_row(p["name"], p["state"], str(p["pid"] or ""), str(p.get("rss_mb") or ""), children, node,
+                      "yes" if info.get("ping") else ("no" if node else ""), str(len(info.get("active", []))))
+    out.print(table)
+    queues = "  ".join(f"{q}={n if n is not None else '?'}" for q, n in doc["queues"].items())
+    out.print(f"queues: {queues}", highlight=False)
+    jobs = doc["jobs"]
+    if "error" in jobs:
+        out.print(f"jobs: unavailable ({jobs['error']})", highlight=False)
+        return
+    out.print("jobs: " + ("  ".join(f"{k}={v}" for k, v in sorted(jobs["counts"].items())) or "none"), highlight=False)
+    for j in jobs["running"]:
+        out.print(f"  running {j['job_id']}: {j['done']}/{j['total']} files", highlight=False)
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
+    watch: Optional[float] = typer.Option(None, "--watch", help="refresh every N seconds until Ctrl-C"),
+) -> None:
+    """Processes, Celery nodes, queues, jobs and memory in one view. Exit 0 running, 3 stopped, 1 partial, 4 unknown."""
+    import time
+
+    from sqlcheck.control import status as daemon_status
+
+    s = settings()
+    while True:
+        doc = daemon_status(s)
+        if as_json:
+            _print_json(doc)
+        else:
+            if watch:
+                out.clear()
+            _status_table(doc)
+        if not watch:
+            raise typer.Exit(STATUS_EXIT[doc["state"]])
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            raise typer.Exit(STATUS_EXIT[doc["state"]]) from None
+
+
+@app.command()
+def health(as_json: bool = typer.Option(False, "--json", help="print one JSON document")) -> None:
+    """For systemd/Consul checks: exit 0 only when broker, database, share and every worker node answer."""
+    from sqlcheck.control import health as daemon_health
+
+    s = settings()
+    checks = daemon_health(s)
+    healthy = all(c["ok"] for c in checks.values())
+    if as_json:
+        _print_json({"healthy": healthy, "checks": checks})
+    else:
+        for name, c in checks.items():
+            out.print(f"{'ok  ' if c['ok'] else 'FAIL'} {name}: {c['detail']}", highlight=False)
+    raise typer.Exit(EXIT_OK if healthy else EXIT_FAIL)
 
 
 def main() -> None:

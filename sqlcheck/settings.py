@@ -89,6 +89,11 @@ class Settings:
     visibility_timeout_override_s: int = field(
         default=0, metadata=_env("SQLCHECK_VISIBILITY_TIMEOUT_S", "Redis visibility timeout; 0 = 2 x the longest hard limit + 60, seconds")
     )
+    embedded_redis: str = field(
+        default="auto",
+        metadata=_env("SQLCHECK_EMBEDDED_REDIS", "auto, on or off: supervisord runs a loopback redis-server "
+                      "(auto = only when none answers at CELERY_BROKER_URL and redis-server is installed)"),
+    )
     metrics_port: int = field(
         default=0, metadata=_env("SQLCHECK_METRICS_PORT", "Prometheus endpoint port (a supervisord program); 0 = off")
     )
@@ -168,6 +173,8 @@ def _validate(s: Settings) -> Settings:
     for name in ("max_file_bytes", "max_zip_members", "max_uncompressed_bytes", "max_compression_ratio", "max_attempts"):
         if getattr(s, name) < 1:
             raise ConfigError(f"setting {FIELDS[name].metadata['env']} must be at least 1")
+    if s.embedded_redis not in ("auto", "on", "off"):
+        raise ConfigError("setting SQLCHECK_EMBEDDED_REDIS must be 'auto', 'on' or 'off'")
     if s.log_format not in ("text", "json"):
         raise ConfigError("setting SQLCHECK_LOG_FORMAT must be 'text' or 'json'")
     if not s.broker_url.startswith(("redis://", "rediss://", "unix://")):
