@@ -26,6 +26,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 job_app = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(job_app, name="job")
+metrics_app = typer.Typer(help="Prometheus metrics.", no_args_is_help=True)
+app.add_typer(metrics_app, name="metrics")
 config_app = typer.Typer(help="The generated supervisord configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
@@ -360,6 +362,34 @@ def health(as_json: bool = typer.Option(False, "--json", help="print one JSON do
         for name, c in checks.items():
             out.print(f"{'ok  ' if c['ok'] else 'FAIL'} {name}: {c['detail']}", highlight=False)
     raise typer.Exit(EXIT_OK if healthy else EXIT_FAIL)
+
+
+# ---- metrics ----------------------------------------------------------------------
+
+
+@metrics_app.command("serve")
+def metrics_serve(
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="default SQLCHECK_METRICS_PORT"),
+    bind: Optional[str] = typer.Option(None, "--bind", help="default SQLCHECK_METRICS_BIND"),
+) -> None:
+    """Serve /metrics for Prometheus in the foreground (the supervisord program runs this)."""
+    from sqlcheck.logs import configure_logging
+    from sqlcheck.metrics import serve
+
+    s = settings()
+    configure_logging(s.log_level, s.log_format)
+    with user_errors():
+        if not (port or s.metrics_port):
+            raise ConfigError("setting SQLCHECK_METRICS_PORT is 0 (off); set it or pass --port")
+        serve(s, port or s.metrics_port, bind or s.metrics_bind)
+
+
+@metrics_app.command("dump")
+def metrics_dump() -> None:
+    """Print one scrape in the Prometheus text format."""
+    from sqlcheck.metrics import exposition
+
+    sys.stdout.write(exposition(settings()))
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 
 import redis
 
+from sqlcheck import counters
 from sqlcheck import repository as repo
 from sqlcheck import workflow
 from sqlcheck.celery_app import ANALYSIS_QUEUE, EXPAND_TASK, LINT_TASK, ZIP_QUEUE, make_sender
@@ -278,6 +279,8 @@ def run(rt: Runtime, loop: bool, interval_s: float, stop: Callable[[], bool] = l
         try:
             if client.set(REAPER_LOCK, "1", nx=True, ex=max(1, int(interval_s * 0.9))) or not loop:
                 last = reap_once(rt, client, sender)
+                counters.bump_many(client, counters.REAPER_ACTIONS,  # for the metrics endpoint
+                                   {k: v for k, v in vars(last).items() if isinstance(v, int) and k != "skipped"})
                 if last.acted or not loop:
                     log.info("reaper pass: %s", last.line())
         except Exception as exc:  # noqa: BLE001

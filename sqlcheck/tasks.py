@@ -13,7 +13,7 @@ from typing import Sequence
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from sqlcheck import workflow
+from sqlcheck import counters, workflow
 from sqlcheck.celery_app import EXPAND_TASK, LINT_TASK, app
 from sqlcheck.locks import TaskLock
 from sqlcheck.retries import backoff_delay_s, is_transient
@@ -56,6 +56,11 @@ def send_lint_messages(task_ids: Sequence[str]) -> None:
             process_sql_file.apply_async((task_id,), task_id=task_id, producer=producer)
 
 
+def _count_retry(why: str) -> None:
+    """One more retry in the cluster-wide counter the metrics endpoint publishes (never raises)."""
+    counters.bump(redis_client(), counters.RETRIES, why)
+
+
 def _retry_delay(task) -> float:
     s = runtime().settings
     return backoff_delay_s(task.request.retries, s.retry_base_delay_s, s.retry_max_delay_s)
@@ -73,6 +78,7 @@ def expand_zip_and_dispatch_tasks(self, job_id: str) -> None:
             delay = _retry_delay(self)
             log.warning("job=%s expand: transient error (%s); retry %d in %.1fs",
                         job_id, exc.__class__.__name__, self.request.retries + 1, delay)
+            _count_retry("transient")
             raise self.retry(countdown=delay, max_retries=rt.settings.max_retries) from None
         log.exception("job=%s expand failed", job_id)
         workflow.fail_job(rt, job_id, f"internal error while expanding the archive: {exc.__class__.__name__}: {exc}")
@@ -86,10 +92,12 @@ def process_sql_file(self, task_id: str) -> None:
     try:
         acquired = lock.acquire()
     except redis.RedisError as exc:
+        _count_retry("transient")
         raise self.retry(exc=exc, countdown=_retry_delay(self), max_retries=rt.settings.max_retries) from None
     if not acquired:
         # Another delivery is linting it right now. Do not drop this message: the holder may die.
         log.info("task=%s is being linted elsewhere; checking again in %ss", task_id, rt.settings.lock_retry_delay_s)
+        _count_retry("lock_busy")
         raise self.retry(countdown=rt.settings.lock_retry_delay_s, max_retries=None)
     try:
         workflow.lint_task(rt, task_id, hostname)
@@ -103,6 +111,7 @@ def process_sql_file(self, task_id: str) -> None:
             log.warning("task=%s transient error (%s: %s); retry %d in %.1fs",
                         task_id, exc.__class__.__name__, exc, self.request.retries + 1, delay)
             _release_quietly(lock)
+            _count_retry("transient")
             raise self.retry(countdown=delay, max_retries=rt.settings.max_retries) from None
         reason = FailureReason.INTERNAL
         if is_transient(exc):
