@@ -109,14 +109,15 @@ def process_sql_file(self, task_id: str) -> None:
         if is_transient(exc) and self.request.retries < rt.settings.max_retries:
             delay = _retry_delay(self)
             log.warning("task=%s transient error (%s: %s); retry %d in %.1fs",
-                        task_id, exc.__class__.__name__, exc, self.request.retries + 1, delay)
+                        task_id, exc.__class__.__name__, _first_line(exc), self.request.retries + 1, delay)
             _release_quietly(lock)
             _count_retry("transient")
             raise self.retry(countdown=delay, max_retries=rt.settings.max_retries) from None
         reason = FailureReason.INTERNAL
         if is_transient(exc):
             # the outage outlasted every retry: say so, with the real error, and no traceback
-            log.error("task=%s gave up after %d retries: %s: %s", task_id, self.request.retries, exc.__class__.__name__, exc)
+            log.error("task=%s gave up after %d retries: %s: %s", task_id, self.request.retries, exc.__class__.__name__,
+                      _first_line(exc))
             message = f"gave up after {self.request.retries} retries of a transient error: {exc.__class__.__name__}: {exc}"
         else:
             log.exception("task=%s lint failed with an internal error", task_id)
@@ -124,6 +125,12 @@ def process_sql_file(self, task_id: str) -> None:
         workflow.record_failure(rt, task_id, reason, message)
     finally:
         _release_quietly(lock)
+
+
+def _first_line(exc: BaseException) -> str:
+    """Driver errors span several lines; a log event is one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _release_quietly(lock: TaskLock) -> None:
