@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from sqlcheck import job_config
+from sqlcheck import faults, job_config
 from sqlcheck import repository as repo
 from sqlcheck.archive import ExpansionLimits, expand_zip_safely
 from sqlcheck.database import Database
@@ -204,6 +204,7 @@ def lint_task(rt: Runtime, task_id: str, hostname: str) -> None:
     try:
         data = _read_source(rt, source_rel)
         text, encoding = decode_sql(data)
+        faults.inject(text)  # test-only; does nothing unless SQLCHECK_ENABLE_FAULTS=1
         dialect, options = lint_settings(rt, job_id, dialect_raw, options_raw)
         report = lint_sql(text, member, dialect, options)
     except FileRejected as exc:
