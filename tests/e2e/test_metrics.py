@@ -1,0 +1,210 @@
+"""Monitoring against real workers: the Prometheus endpoint, Celery events/inspect, JSON logs."""
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import SQLCHECKCTL, VENV_BIN, make_zip, wait_until
+
+FILES = {
+    "small.sql": "select a,b from t\n",
+    "big/medium.sql": "SELECT a, b FROM t WHERE c = 1;\n" * 80,  # ~2.6 KB: the 1-10 KiB size bucket
+    "clean.sql": "SELECT 1\n",
+    "broken.sql": b"\x00\x01\x02\xff\xfe not text",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Exporter:
+    """A real `sqlcheckctl metrics serve` process, stopped by its pid."""
+
+    def __init__(self, stack):
+        self.port = free_port()
+        self.log = open(stack.root / "metrics.log", "ab")
+        self.proc = subprocess.Popen([SQLCHECKCTL, "metrics", "serve", "--port", str(self.port)], env=stack.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(self._answers, 30, "metrics endpoint up")
+
+    def _answers(self):
+        assert self.proc.poll() is None, (self.log.name, self.proc.returncode)
+        try:
+            return self.scrape_text()
+        except OSError:
+            return None
+
+    def scrape_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as resp:
+            return resp.read().decode("utf-8")
+
+    def scrape(self) -> dict[str, list]:
+        """{sample name: [(labels, value), ...]} parsed by prometheus_client's own text parser."""
+        samples: dict[str, list] = {}
+        for family in text_string_to_metric_families(self.scrape_text()):
+            for s in family.samples:
+                samples.setdefault(s.name, []).append((s.labels, s.value))
+        return samples
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(15)
+        self.log.close()
+        return rc
+
+
+@pytest.fixture
+def exporter(stack):
+    e = Exporter(stack)
+    yield e
+    if e.proc.poll() is None:
+        e.stop()
+
+
+def matching(samples, name, **labels) -> list[float]:
+    return [v for lab, v in samples.get(name, []) if all(lab.get(k) == want for k, want in labels.items())]
+
+
+def value(samples, name, **labels) -> float:
+    found = matching(samples, name, **labels)
+    assert len(found) == 1, (name, labels, samples.get(name))
+    return found[0]
+
+
+def test_metrics_after_a_real_job(stack, exporter):
+    worker = stack.start_worker(concurrency=2)
+    job_id = stack.submit(make_zip(FILES), dialect="ansi")
+    view = stack.wait_job(job_id, 90)
+    assert view["status"] == "PARTIAL_SUCCESS"
+    m = exporter.scrape()
+
+    files = m["sqlcheck_files_linted_total"]
+    assert sum(v for _, v in files) == view["total_tasks"] == 4
+    assert value(m, "sqlcheck_files_linted_total", dialect="ansi", outcome="success", failure_reason="") == 3
+    assert value(m, "sqlcheck_files_linted_total", dialect="ansi", outcome="failure",
+                 failure_reason="decode_error") == 1
+    assert value(m, "sqlcheck_watchdog_kills_total") == 0
+
+    succeeded = [t for t in view["tasks"] if t["status"] == "SUCCESS"]
+    counts = {lab["size"]: v for lab, v in m["sqlcheck_lint_duration_seconds_count"]}
+    assert counts == {"le_1KiB": 2, "le_10KiB": 1, "le_100KiB": 0, "gt_100KiB": 0}
+    total_s = sum(v for _, v in m["sqlcheck_lint_duration_seconds_sum"])
+    assert total_s == pytest.approx(sum(t["duration_s"] for t in succeeded), rel=1e-6)
+    inf = value(m, "sqlcheck_lint_duration_seconds_bucket", size="le_1KiB", le="+Inf")
+    assert inf == 2
+
+    assert value(m, "sqlcheck_jobs", status="PARTIAL_SUCCESS") == 1
+    assert value(m, "sqlcheck_jobs", status="PENDING") == 0
+    assert value(m, "sqlcheck_tasks", status="SUCCESS") == 3
+    assert value(m, "sqlcheck_queue_depth", queue="sql_analysis") == 0
+    assert value(m, "sqlcheck_queue_depth", queue="zip_processing") == 0
+
+    rss = {int(lab["pid"]): v for lab, v in m["sqlcheck_worker_child_rss_bytes"] if lab["node"] == worker.name}
+    assert set(rss) == set(worker.child_pids()) and len(rss) == 2
+    assert all(v > 20 * 1024 * 1024 for v in rss.values())  # a warmed-up sqlfluff child is far above 20 MiB
+    assert all(v == 0 for _, v in m["sqlcheck_scrape_error"])
+    assert exporter.stop() == 0  # SIGTERM: clean exit, as under supervisord
+
+
+@pytest.mark.parametrize("stack", ["postgresql"], indirect=True)
+def test_queue_depth_retries_and_memory_failures(stack, exporter):
+    """Messages waiting, a duplicate delivery retrying on the task lock, a watchdog-recorded memory failure."""
+    from sqlcheck import workflow
+    from sqlcheck.client import job_view
+    from sqlcheck.locks import TaskLock
+    from sqlcheck.states import FailureReason
+
+    stack.start_worker(queues="zip_processing", concurrency=1, name="zip@metrics")
+    job_id = stack.submit(make_zip({"a.sql": "SELECT 1\n", "b.sql": "SELECT 2\n", "c.sql": "select 3\n"}))
+    db = stack.db()
+    view = wait_until(lambda: (v := job_view(db, job_id)) and v["total_tasks"] == 3 and v, 60, "tasks created")
+    wait_until(lambda: value(exporter.scrape(), "sqlcheck_queue_depth", queue="sql_analysis") == 3, 30,
+               "3 lint messages queued")
+
+    ids = sorted(t["id"] for t in view["tasks"])
+    held = TaskLock(redis.Redis.from_url(stack.env["CELERY_BROKER_URL"]), ids[0], "elsewhere@test", 300)
+    assert held.acquire()  # another delivery "is linting" a.sql: the worker must retry, not lint
+    rt = workflow.Runtime.from_settings(stack.settings)
+    assert workflow.record_failure(rt, ids[1], FailureReason.MEMORY, "the worker child used 2048 MiB")
+
+    stack.start_worker(queues="sql_analysis", concurrency=1, name="analysis@metrics",
+                       extra_env={"SQLCHECK_LOCK_RETRY_DELAY_S": "1"})
+    wait_until(lambda: sum(matching(exporter.scrape(), "sqlcheck_retries_total", reason="lock_busy")) >= 1, 60,
+               "a lock_busy retry counted")
+    held.release()
+    final = stack.wait_job(job_id, 60)
+    assert final["status"] == "PARTIAL_SUCCESS"
+    m = exporter.scrape()
+    assert value(m, "sqlcheck_watchdog_kills_total") == 1
+    assert value(m, "sqlcheck_files_linted_total", failure_reason="memory") == 1
+    assert value(m, "sqlcheck_files_linted_total", outcome="success") == 2
+    assert value(m, "sqlcheck_queue_depth", queue="sql_analysis") == 0
+    assert value(m, "sqlcheck_cache_hits_total") >= 0
+
+
+def test_workers_answer_inspect_and_emit_task_events(stack):
+    """What Flower relies on: remote control replies and task events on the broker."""
+    from celery import Celery
+
+    worker = stack.start_worker(concurrency=1)
+    monitor = Celery("monitor", broker=stack.env["CELERY_BROKER_URL"])
+    replies = monitor.control.inspect(destination=[worker.name], timeout=5).active_queues()
+    assert replies and {q["name"] for q in replies[worker.name]} == {"zip_processing", "sql_analysis"}
+
+    ping = subprocess.run([str(VENV_BIN / "celery"), "-b", stack.env["CELERY_BROKER_URL"],
+                           "inspect", "ping", "-d", worker.name, "-t", "5"], capture_output=True, timeout=60)
+    assert ping.returncode == 0 and b"pong" in ping.stdout, ping.stdout + ping.stderr
+
+    events: list[dict] = []
+    ready = threading.Event()
+    with monitor.connection() as conn:
+        receiver = monitor.events.Receiver(conn, handlers={"*": events.append})
+
+        def capture():
+            ready.set()
+            try:
+                receiver.capture(limit=None, timeout=60, wakeup=False)
+            except (socket.timeout, TimeoutError):
+                pass
+
+        thread = threading.Thread(target=capture, daemon=True)
+        thread.start()
+        ready.wait(10)
+        time.sleep(1)  # the event queue is bound when capture() starts consuming
+        job_id = stack.submit(make_zip({"x.sql": "SELECT 1\n", "y.sql": "select a,b from t\n"}))
+        view = stack.wait_job(job_id, 60)
+        task_ids = {t["id"] for t in view["tasks"]}
+        wait_until(lambda: task_ids <= {e.get("uuid") for e in events if e["type"] == "task-succeeded"}, 30,
+                   "task-succeeded events for every file")
+        receiver.should_stop = True
+        thread.join(15)
+    kinds = {e["type"] for e in events}
+    assert {"task-received", "task-started", "task-succeeded"} <= kinds
+    assert all(e["hostname"] == worker.name for e in events if e["type"] == "task-succeeded")
+
+
+def test_json_log_lines_carry_job_and_task_ids(stack):
+    worker = stack.start_worker(concurrency=1, extra_env={"SQLCHECK_LOG_FORMAT": "json"})
+    job_id = stack.submit(make_zip({"x.sql": "select a,b from t\n"}))
+    view = stack.wait_job(job_id, 60)
+    task_id = view["tasks"][0]["id"]
+    docs = []
+    for line in worker.log().splitlines():
+        if line.startswith("{"):
+            docs.append(json.loads(line))  # every JSON-looking line parses
+    ours = [d for d in docs if d["logger"].startswith("sqlcheck")]
+    assert ours and all({"ts", "level", "logger", "pid", "msg"} <= set(d) for d in ours)
+    assert any(f"job={job_id}" in d["msg"] and f"task={task_id}" in d["msg"] for d in ours)
+    text_lines = [ln for ln in worker.log().splitlines() if "sqlcheck." in ln and not ln.startswith("{")]
+    assert text_lines == []  # no sqlcheck log line escaped the JSON formatter
