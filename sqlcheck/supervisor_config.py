@@ -134,7 +134,16 @@ def extra_programs(plan: RenderPlan) -> list[ProgramSpec]:
     They are their own supervisor groups, so `reload` restarts only the one
     whose section changed, and `supervisorctl stop sqlcheck:*` leaves them be.
     """
-    return []
+    s = plan.settings
+    found = []
+    if s.metrics_port:
+        found.append(ProgramSpec(
+            name="metrics", argv=(str(plan.bin_dir / "sqlcheckctl"), "metrics", "serve"),
+            why=f"Prometheus endpoint http://{s.metrics_bind}:{s.metrics_port}/metrics (SQLCHECK_METRICS_PORT); "
+                "reads the database and Redis per scrape, holds no state",
+            in_group=False, priority=200, startsecs=2, stopwaitsecs=10,
+        ))
+    return found
 
 
 def redis_program(plan: RenderPlan) -> ProgramSpec | None:
