@@ -1,0 +1,121 @@
+"""Time limits, the RSS watchdog and dead children, with real worker processes.
+
+Files misbehave on purpose through the test-only fault directives
+(sqlcheck/faults.py, SQLCHECK_ENABLE_FAULTS=1). Limits are small so each test
+takes seconds: soft 2 s, hard 4 s, RSS 300 MiB. In every case the other file of
+the job is linted and the job reaches its terminal status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+
+from tests.helpers import make_zip, wait_until
+
+LIMITS = {
+    "SQLCHECK_ENABLE_FAULTS": "1",
+    "SQLCHECK_SOFT_TIME_LIMIT_S": "2",
+    "SQLCHECK_HARD_TIME_LIMIT_S": "4",
+    "SQLCHECK_CHILD_MAX_RSS_MB": "300",
+    "SQLCHECK_CHILD_RECYCLE_RSS_MB": "250",
+    "SQLCHECK_MAX_ATTEMPTS": "3",
+}
+GOOD_SQL = "SELECT a FROM t\n"
+
+
+#: for the SIGKILL tests: Celery may notice a dead child only at its next pool check (up to ~5 s);
+#: a 4 s hard limit could fire first on a task whose child is already gone
+KILL_LIMITS = {**LIMITS, "SQLCHECK_SOFT_TIME_LIMIT_S": "20", "SQLCHECK_HARD_TIME_LIMIT_S": "30"}
+
+
+def _job(stack, bad_sql: str, limits=LIMITS):
+    worker = stack.start_worker(concurrency=1, extra_env=limits)
+    job_id = stack.submit(make_zip({"bad.sql": bad_sql, "good.sql": GOOD_SQL}))
+    return worker, job_id
+
+
+def _tasks(view):
+    return {t["archive_member"]: t for t in view["tasks"]}
+
+
+def test_soft_time_limit_fails_the_file_as_timeout(pg_stack):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=30\nSELECT 1\n")
+    view = pg_stack.wait_job(job_id, 90)
+    tasks = _tasks(view)
+    assert tasks["bad.sql"]["status"] == "FAILURE"
+    assert tasks["bad.sql"]["failure_reason"] == "timeout"
+    assert "soft limit" in tasks["bad.sql"]["error_message"]
+    assert tasks["good.sql"]["status"] == "SUCCESS"
+    assert view["status"] == "PARTIAL_SUCCESS" and view["failed_tasks"] == 1 and view["succeeded_tasks"] == 1
+
+
+def test_hard_time_limit_is_recorded_once_by_the_parent(pg_stack):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=60 ignore_soft=1\nSELECT 1\n")
+    view = pg_stack.wait_job(job_id, 90)
+    bad = _tasks(view)["bad.sql"]
+    assert bad["status"] == "FAILURE" and bad["failure_reason"] == "timeout"
+    assert "hard limit" in bad["error_message"]
+    assert bad["attempts"] == 1  # acked on timeout: not redelivered
+    assert _tasks(view)["good.sql"]["status"] == "SUCCESS"
+    assert view["status"] == "PARTIAL_SUCCESS"
+    log = worker.log()
+    assert "ignoring the soft time limit" in log
+    # Celery 5.7 fires task_failure twice for one hard timeout; only the first write changes the row.
+    assert log.count(f"task={bad['id']} FAILURE timeout") == 1, log[-4000:]
+    assert "MainProcess" in log.split(f"task={bad['id']} FAILURE timeout")[0].rsplit("\n", 1)[-1]
+
+
+def test_rss_over_the_limit_fails_the_file_as_memory(pg_stack):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: alloc_mb=1200 hold_s=20\nSELECT 1\n")
+    view = pg_stack.wait_job(job_id, 90)
+    bad = _tasks(view)["bad.sql"]
+    assert bad["status"] == "FAILURE" and bad["failure_reason"] == "memory", bad
+    assert "SQLCHECK_CHILD_MAX_RSS_MB=300" in bad["error_message"]
+    assert _tasks(view)["good.sql"]["status"] == "SUCCESS"
+    assert view["status"] == "PARTIAL_SUCCESS"
+    assert "failing the file and killing the child" in worker.log()
+
+
+def _child_running(worker, view_fn, member):
+    """The pool child pid once `member` is IN_PROGRESS (concurrency 1: the only child)."""
+    def ready():
+        view = view_fn()
+        task = view and _tasks(view).get(member)
+        if task and task["status"] == "IN_PROGRESS":
+            kids = worker.child_pids()
+            return kids[0] if len(kids) == 1 else None
+        return None
+
+    return wait_until(ready, 60, f"{member} in progress", interval_s=0.1)
+
+
+def _view_fn(stack, job_id):
+    from sqlcheck.client import job_view
+
+    db = stack.db()
+    return lambda: job_view(db, job_id)
+
+
+def test_child_sigkilled_mid_file_is_redelivered_and_finishes(pg_stack):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=3\nSELECT 1\n", KILL_LIMITS)
+    pid = _child_running(worker, _view_fn(pg_stack, job_id), "bad.sql")
+    os.kill(pid, signal.SIGKILL)
+    view = pg_stack.wait_job(job_id, 90)
+    bad = _tasks(view)["bad.sql"]
+    assert bad["status"] == "SUCCESS" and bad["attempts"] == 2, bad
+    assert view["status"] == "SUCCESS" and view["succeeded_tasks"] == 2
+    assert pid not in worker.child_pids()
+    assert psutil.Process(worker.proc.pid).is_running()  # the worker itself survived
+
+
+def test_file_killed_on_every_attempt_ends_worker_lost(pg_stack):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: kill_self=1\nSELECT 1\n", KILL_LIMITS)
+    view = pg_stack.wait_job(job_id, 120)
+    bad = _tasks(view)["bad.sql"]
+    assert bad["status"] == "FAILURE" and bad["failure_reason"] == "worker_lost", bad
+    assert bad["attempts"] == 3  # SQLCHECK_MAX_ATTEMPTS, then no more runs
+    assert _tasks(view)["good.sql"]["status"] == "SUCCESS"
+    assert view["status"] == "PARTIAL_SUCCESS"
