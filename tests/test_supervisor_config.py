@@ -1,0 +1,158 @@
+"""The rendered supervisord configuration and systemd unit: read back by supervisor's own parser."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sqlcheck.errors import ConfigError
+from sqlcheck.settings import load_settings, settings_as_env
+from sqlcheck.supervisor_config import (
+    STOP_MARGIN_S,
+    RenderPlan,
+    env_value,
+    render_all,
+    render_supervisord_conf,
+    systemd_stop_timeout_s,
+    wants_embedded_redis,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_TOML = ROOT / "etc" / "sqlcheck.sample.toml"
+SAMPLE_BIN = Path("/opt/sqlcheck/.venv/bin")
+REGENERATE = "sqlcheckctl -c etc/sqlcheck.sample.toml config render --out etc --bin-dir /opt/sqlcheck/.venv/bin"
+
+
+def sample_plan() -> RenderPlan:
+    return RenderPlan(load_settings(SAMPLE_TOML, environ={}), SAMPLE_BIN)
+
+
+def parse_with_supervisor(text: str, tmp_path: Path):
+    """supervisord's own option parser, as `supervisord -c` would read the file."""
+    from supervisor.options import ServerOptions
+
+    for line in text.splitlines():  # supervisord insists that `directory=` exists
+        if line.startswith("directory="):
+            home = Path(line.split("=", 1)[1])
+            for d in (home, home / "logs", home / "run"):
+                d.mkdir(parents=True, exist_ok=True)
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(text)
+    opts = ServerOptions()
+    opts.realize(args=["-c", str(conf)])
+    return opts
+
+
+@pytest.mark.parametrize("rel", ["supervisord/supervisord.conf", "systemd/sqlcheck.service"])
+def test_checked_in_samples_equal_what_config_render_prints(rel):
+    rendered = render_all(sample_plan())[rel]
+    assert (ROOT / "etc" / rel).read_text() == rendered, f"etc/{rel} is stale: run `{REGENERATE}`"
+
+
+def test_supervisor_reads_programs_limits_and_environment_back(tmp_path):
+    env = {
+        "SQLCHECK_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": "postgresql+psycopg://u:p%40ss,w#rd@db/x",  # %, comma and # survive
+        "SERVICE_ID": "vm7",
+        "CELERY_WORKER_CONCURRENCY": "3",
+        "SQLCHECK_HARD_TIME_LIMIT_S": "40",
+        "SQLCHECK_SOFT_TIME_LIMIT_S": "30",
+    }
+    settings = load_settings(environ=env)
+    plan = RenderPlan(settings, Path("/venv/bin"))
+    opts = parse_with_supervisor(render_supervisord_conf(plan), tmp_path)
+    groups = {g.name: g for g in opts.process_group_configs}
+    assert set(groups) == {"sqlcheck"}
+    procs = {p.name: p for p in groups["sqlcheck"].process_configs}
+    assert set(procs) == {"zip", "analysis"}
+    analysis, zip_ = procs["analysis"], procs["zip"]
+    assert analysis.command == ("/venv/bin/sqlcheckctl worker --queues sql_analysis --concurrency 3 "
+                                "--name analysis@vm7")
+    assert zip_.command.endswith("--queues zip_processing --concurrency 1 --name zip@vm7")
+    for p in (analysis, zip_):
+        assert p.stopsignal == 15 and p.stopasgroup is False and p.killasgroup is True
+        assert p.autorestart.__name__ == "RestartUnconditionally" and p.redirect_stderr is True and p.startsecs > 0
+        assert p.stdout_logfile == str(tmp_path / "home" / "logs" / f"{p.name}.log")
+        assert p.stdout_logfile_maxbytes > 0 and p.stdout_logfile_backups > 0
+        assert p.environment == settings_as_env(settings)  # exact round trip, quoting included
+    assert analysis.stopwaitsecs > settings.hard_time_limit_s
+    assert zip_.stopwaitsecs > settings.zip_hard_time_limit_s
+    assert opts.server_configs[0]["file"] == str(tmp_path / "home" / "run" / "supervisord.sock")
+    assert opts.server_configs[0]["chmod"] == 0o700
+    assert opts.pidfile == str(tmp_path / "home" / "run" / "supervisord.pid")
+
+
+def test_every_non_obvious_key_carries_a_comment():
+    text = render_supervisord_conf(sample_plan())
+    lines = text.splitlines()
+    for key in ("stopsignal", "stopasgroup", "killasgroup", "stopwaitsecs", "startsecs", "chmod", "environment"):
+        for i, line in enumerate(lines):
+            if line.startswith(f"{key}="):
+                assert lines[i - 1].startswith("; "), f"{key} has no comment above it"
+
+
+def test_embedded_redis_program_is_loopback_and_append_only(tmp_path):
+    settings = load_settings(environ={"SQLCHECK_HOME": str(tmp_path / "h")})
+    plan = RenderPlan(settings, Path("/venv/bin"), redis_server=Path("/usr/bin/redis-server"))
+    opts = parse_with_supervisor(render_supervisord_conf(plan), tmp_path)
+    groups = {g.name: g for g in opts.process_group_configs}
+    redis = groups["redis"].process_configs[0]
+    assert "--bind 127.0.0.1" in redis.command and "--appendonly yes" in redis.command
+    assert redis.priority < groups["sqlcheck"].process_configs[0].priority  # starts first, stops last
+    assert [p.name for p in groups["sqlcheck"].process_configs] == ["zip", "analysis"]  # not in the worker group
+
+
+@pytest.mark.parametrize("mode,reachable,binary,url,expected", [
+    ("auto", False, True, "redis://127.0.0.1:6379/0", True),
+    ("auto", True, True, "redis://127.0.0.1:6379/0", False),
+    ("auto", False, False, "redis://127.0.0.1:6379/0", False),
+    ("auto", False, True, "redis://redis.internal:6379/0", False),
+    ("off", False, True, "redis://127.0.0.1:6379/0", False),
+    ("on", True, True, "redis://localhost:6380/0", True),
+])
+def test_when_the_local_redis_program_is_added(mode, reachable, binary, url, expected):
+    settings = load_settings(environ={"SQLCHECK_EMBEDDED_REDIS": mode, "CELERY_BROKER_URL": url})
+    binary_path = Path("/usr/bin/redis-server") if binary else None
+    assert wants_embedded_redis(settings, reachable, binary_path) is expected
+
+
+def test_embedded_redis_on_without_a_binary_names_the_setting():
+    settings = load_settings(environ={"SQLCHECK_EMBEDDED_REDIS": "on"})
+    with pytest.raises(ConfigError, match="SQLCHECK_EMBEDDED_REDIS"):
+        wants_embedded_redis(settings, False, None)
+
+
+@pytest.mark.parametrize("value", ['a"b\'c', "line\nbreak", "x ;comment", "x #comment"])
+def test_values_supervisor_cannot_carry_are_refused_with_the_setting_name(value):
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        env_value("DATABASE_URL", value)
+
+
+def test_systemd_waits_longer_than_supervisord_stops():
+    plan = sample_plan()
+    unit = render_all(plan)["systemd/sqlcheck.service"]
+    timeout = systemd_stop_timeout_s(plan)
+    assert f"TimeoutStopSec={timeout}" in unit
+    # both workers stop in parallel (one group): systemd must outwait the slower one, plus a margin
+    assert timeout > max(plan.settings.zip_hard_time_limit_s, plan.settings.hard_time_limit_s) + STOP_MARGIN_S
+    assert "Type=simple" in unit and "KillSignal=SIGTERM" in unit and "Restart=on-failure" in unit
+    assert "KillMode=mixed" in unit  # TERM to supervisord only, never to the pool children
+    assert f"ExecStart={SAMPLE_BIN}/supervisord -n -c /var/lib/sqlcheck/supervisord/supervisord.conf" in unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+    """The checked-in unit, with its /opt/sqlcheck/.venv paths pointed at this venv (verify needs
+    ExecStart binaries that exist); on a host installed at /opt/sqlcheck it verifies unchanged."""
+    import sys
+
+    venv_bin = Path(sys.executable).parent
+    text = (ROOT / "etc" / "systemd" / "sqlcheck.service").read_text().replace(str(SAMPLE_BIN), str(venv_bin))
+    unit = tmp_path / "sqlcheck.service"
+    unit.write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines() if "sqlcheck.service" in line]
+    assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
