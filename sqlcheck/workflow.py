@@ -104,6 +104,7 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         fail_job(rt, job_id, f"the share is full ({exc.strerror}) while expanding the archive; "
                              "nothing was kept, please submit the job again later")
         return
+    _one_row_per_name(expansion)
     write_expansion_notes(rt.share, job_id, expansion.skipped)
     new_tasks = [
         repo.NewTask(
@@ -125,6 +126,20 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         job_id, total, rejected, len(expansion.skipped), sent,
     )
     finalize_job(rt, job_id)
+
+
+def _one_row_per_name(expansion) -> None:
+    """A name stored twice in the ZIP can have one task row only (its id derives from the name):
+    later copies become skipped entries, so the summary still shows them."""
+    seen: set[str] = set()
+    kept = []
+    for m in expansion.members:
+        if m.name in seen:
+            expansion.skipped.append({"member": m.name, "reason": f"{FailureReason.DUPLICATE_MEMBER.value}: {m.message}"})
+        else:
+            seen.add(m.name)
+            kept.append(m)
+    expansion.members = kept
 
 
 def _uploaded_config(zip_path, skipped: list[dict[str, str]]) -> job_config.UploadedConfig:
