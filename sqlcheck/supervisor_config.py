@@ -135,7 +135,12 @@ def extra_programs(plan: RenderPlan) -> list[ProgramSpec]:
     whose section changed, and `supervisorctl stop sqlcheck:*` leaves them be.
     """
     s = plan.settings
-    found = []
+    found = [ProgramSpec(
+        name="reaper", argv=(str(plan.bin_dir / "sqlcheckctl"), "reap", "--loop"),
+        why=f"re-sends lost or stranded work, fails what used up its attempts, every {s.reaper_interval_s:g} s "
+            "(SQLCHECK_REAPER_INTERVAL_S); one reaper of the cluster acts per pass (Redis lock)",
+        in_group=False, priority=200, startsecs=2, stopwaitsecs=15,
+    )]
     if s.metrics_port:
         found.append(ProgramSpec(
             name="metrics", argv=(str(plan.bin_dir / "sqlcheckctl"), "metrics", "serve"),

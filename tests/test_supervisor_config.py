@@ -65,7 +65,7 @@ def test_supervisor_reads_programs_limits_and_environment_back(tmp_path):
     plan = RenderPlan(settings, Path("/venv/bin"))
     opts = parse_with_supervisor(render_supervisord_conf(plan), tmp_path)
     groups = {g.name: g for g in opts.process_group_configs}
-    assert set(groups) == {"sqlcheck"}
+    assert set(groups) == {"sqlcheck", "reaper"}  # reaper: its own group, outside the workers
     procs = {p.name: p for p in groups["sqlcheck"].process_configs}
     assert set(procs) == {"zip", "analysis"}
     analysis, zip_ = procs["analysis"], procs["zip"]
