@@ -208,3 +208,45 @@ def test_json_log_lines_carry_job_and_task_ids(stack):
     assert any(f"job={job_id}" in d["msg"] and f"task={task_id}" in d["msg"] for d in ours)
     text_lines = [ln for ln in worker.log().splitlines() if "sqlcheck." in ln and not ln.startswith("{")]
     assert text_lines == []  # no sqlcheck log line escaped the JSON formatter
+
+
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
+def test_metrics_program_under_supervisord(stack):
+    """SQLCHECK_METRICS_PORT > 0: `sqlcheckctl start` runs the endpoint as a supervisord program."""
+    import psutil
+
+    port = free_port()
+    env = {**stack.env, "SQLCHECK_METRICS_PORT": str(port), "CELERY_WORKER_CONCURRENCY": "1",
+           "SQLCHECK_EMBEDDED_REDIS": "off"}
+    pidfile = stack.settings.home.resolve() / "run" / "supervisord.pid"
+    try:
+        start = subprocess.run([SQLCHECKCTL, "start"], env=env, capture_output=True, text=True, timeout=240)
+        assert start.returncode == 0, start.stdout + start.stderr
+        status = json.loads(subprocess.run([SQLCHECKCTL, "status", "--json"], env=env, capture_output=True,
+                                           text=True, timeout=60).stdout)
+        assert {p["name"]: p["state"] for p in status["programs"]}.get("metrics:metrics") == "RUNNING"
+
+        def scrape():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+                    return resp.read().decode()
+            except OSError:
+                return None
+
+        text = wait_until(scrape, 30, "endpoint of the supervisord program")
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                samples.setdefault(s.name, []).append((s.labels, s.value))
+        nodes = {lab["node"] for lab, _ in samples["sqlcheck_worker_child_rss_bytes"]}
+        node = stack.settings.node_name
+        assert nodes == {f"zip@{node}", f"analysis@{node}"}
+        stop = subprocess.run([SQLCHECKCTL, "stop"], env=env, capture_output=True, text=True, timeout=240)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+    finally:
+        try:  # teardown by the pid supervisord wrote, never by name
+            proc = psutil.Process(int(pidfile.read_text()))
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(90)
+        except (OSError, ValueError, psutil.NoSuchProcess):
+            pass
