@@ -296,20 +296,20 @@ STATUS_EXIT = {"running": EXIT_OK, "stopped": EXIT_NOT_RUNNING, "partial": EXIT_
 
 
 def _status_table(doc) -> None:
-    from rich.table import Table
-
     sup = doc["supervisord"] or {}
     out.print(f"[bold]{doc['state']}[/bold]  supervisord: "
-              f"{sup.get('error') or 'pid %s %s' % (sup.get('pid'), sup.get('state'))}", highlight=False)
-    table = Table("program", "state", "pid", "RSS MiB", "children (pid:MiB)", "node", "ping", "active")
+              f"{sup.get('error') or 'pid %s %s' % (sup.get('pid'), sup.get('state'))}  ({doc['conf']})", highlight=False)
     nodes = dict(doc["nodes"])
     for p in doc["programs"]:
-        node = next((n for n in nodes if n.split("@")[0] == p["name"].split(":")[-1]), "")
-        info = nodes.get(node, {})
-        children = " ".join(f"{c['pid']}:{c['rss_mb']}" for c in p.get("children", []))
-        table.add_row(p["name"], p["state"], str(p["pid"] or ""), str(p.get("rss_mb") or ""), children, node,
-                      "yes" if info.get("ping") else ("no" if node else ""), str(len(info.get("active", []))))
-    out.print(table)
+        node = next((n for n in nodes if n.split("@")[0] == p["name"].split(":")[-1]), None)
+        line = f"  {p['name']:<20} {p['state']:<9} pid {p['pid'] or '-':<7} RSS {p.get('rss_mb') or '-'} MiB"
+        if node:
+            info = nodes[node]
+            line += f"  node {node} ping={'yes' if info['ping'] else 'NO'} active={len(info['active'])}"
+        children = ", ".join(f"{c['pid']}:{c['rss_mb']}" for c in p.get("children", []))
+        if children:
+            line += f"  children pid:MiB {children}"
+        out.print(line, highlight=False, soft_wrap=True)
     queues = "  ".join(f"{q}={n if n is not None else '?'}" for q, n in doc["queues"].items())
     out.print(f"queues: {queues}", highlight=False)
     jobs = doc["jobs"]
