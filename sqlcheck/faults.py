@@ -14,6 +14,8 @@ death deterministically. Directives:
 - ``sleep_s=N``: sleep N seconds (a soft time limit interrupts it, as it would a long lint);
 - ``ignore_soft=1``: keep sleeping through the soft limit, so only the hard limit ends it;
 - ``alloc_mb=N``: grow this process by N MiB (touched, so it is resident), then hold it ``hold_s`` (default 10);
+- ``leak_mb=N``: grow this process by N MiB and keep it after the file (a leak), so the
+  idle child stays big and gets recycled;
 - ``kill_self=1``: SIGKILL this child, as the kernel OOM killer would.
 """
 
@@ -39,6 +41,7 @@ class Fault:
     ignore_soft: bool = False
     alloc_mb: int = 0
     hold_s: float = 10.0
+    leak_mb: int = 0
     kill_self: bool = False
 
 
@@ -64,6 +67,7 @@ def parse(sql: str) -> Fault | None:
         ignore_soft=values.get("ignore_soft", "0") == "1",
         alloc_mb=int(values.get("alloc_mb", 0)),
         hold_s=float(values.get("hold_s", 10)),
+        leak_mb=int(values.get("leak_mb", 0)),
         kill_self=values.get("kill_self", "0") == "1",
     )
 
@@ -89,6 +93,10 @@ def _allocate(mb: int, hold_s: float) -> None:
     del hoard
 
 
+#: what `leak_mb` keeps alive for the rest of the child's life
+_leaked: list[bytes] = []
+
+
 def inject(sql: str) -> None:
     """Apply the file's directive when faults are enabled; otherwise do nothing at all."""
     if not enabled():
@@ -99,6 +107,8 @@ def inject(sql: str) -> None:
     log.warning("fault injected (test only): %s", fault)
     if fault.kill_self:
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault.leak_mb:
+        _leaked.extend(b"\x01" * (_CHUNK_MB * 2**20) for _ in range(0, fault.leak_mb, _CHUNK_MB))
     if fault.alloc_mb:
         _allocate(fault.alloc_mb, fault.hold_s)
     if fault.sleep_s:

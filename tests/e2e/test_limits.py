@@ -119,3 +119,15 @@ def test_file_killed_on_every_attempt_ends_worker_lost(pg_stack):
     assert bad["attempts"] == 3  # SQLCHECK_MAX_ATTEMPTS, then no more runs
     assert _tasks(view)["good.sql"]["status"] == "SUCCESS"
     assert view["status"] == "PARTIAL_SUCCESS"
+
+
+def test_idle_child_over_the_recycle_limit_is_replaced_gracefully(pg_stack):
+    limits = {**KILL_LIMITS, "SQLCHECK_CHILD_RECYCLE_RSS_MB": "150", "SQLCHECK_CHILD_MAX_RSS_MB": "600"}
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: leak_mb=250 sleep_s=1\nSELECT 1\n", limits)
+    pid = _child_running(worker, _view_fn(pg_stack, job_id), "bad.sql")
+    view = pg_stack.wait_job(job_id, 90)
+    assert view["status"] == "SUCCESS"  # the leaky file itself is fine: recycling happens between files
+    assert [t["attempts"] for t in view["tasks"]] == [1, 1]
+    wait_until(lambda: not psutil.pid_exists(pid), 30, f"leaky child {pid} replaced")
+    wait_until(lambda: len(worker.child_pids()) == 1, 30, "a fresh child")
+    assert psutil.Process(worker.child_pids()[0]).memory_info().rss < 150 * 2**20
