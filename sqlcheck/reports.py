@@ -114,7 +114,10 @@ def job_report(share: SharePaths, job_id: str, fmt: str) -> str:
         return text_report(summary)
     if fmt == "json":
         return json_report(summary)
-    results = read_results(share, summary)
+    try:
+        results = read_results(share, summary)
+    except (OSError, ValueError) as exc:
+        raise ReportUnavailable(f"cannot read the result files of job {job_id}: {exc}") from None
     if fmt == "csv":
         return csv_report(results)
     return sarif_bytes(sarif_document(summary, results)).decode("utf-8")

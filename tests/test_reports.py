@@ -115,3 +115,14 @@ def test_job_report_reads_results_listed_in_summary(tmp_path):
     assert job_report(share, job, "csv") == csv_report(RESULTS)
     sarif = json.loads(job_report(share, job, "sarif"))
     assert len(sarif["runs"][0]["results"]) == 4
+
+
+def test_job_report_names_a_missing_result_file(tmp_path):
+    share = SharePaths(tmp_path)
+    job = SUMMARY["job_id"]
+    files = [{"archive_member": "a/x.sql", "status": "SUCCESS", "result_file_path": f"jobs/{job}/results/gone.json"}]
+    (tmp_path / f"jobs/{job}").mkdir(parents=True)
+    (tmp_path / f"jobs/{job}/summary.json").write_text(json.dumps({**SUMMARY, "files": files}), "utf-8")
+    assert json.loads(job_report(share, job, "json"))["job_id"] == job  # needs no result file
+    with pytest.raises(ReportUnavailable, match="gone.json"):
+        job_report(share, job, "sarif")
