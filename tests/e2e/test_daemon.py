@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -198,5 +199,51 @@ def test_warm_shutdown_finishes_the_file_in_flight_and_keeps_the_queue(pg_stack,
         assert view["status"] == "SUCCESS" and view["succeeded_tasks"] == 6
         assert [t["attempts"] for t in view["tasks"]] == [1] * 6  # nothing ran twice
         assert broker.llen("sql_analysis") == 0
+    finally:
+        daemon.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+def test_embedded_redis_runs_when_none_answers(pg_stack):
+    port = _free_port()
+    daemon = Daemon(pg_stack, CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0")
+    try:
+        started = daemon.ctl("start")
+        assert started.returncode == 0, started.stderr
+        assert "supervisord runs" in started.stderr and "redis:redis RUNNING" in started.stdout
+        zip_path = daemon.home / "x.zip"
+        zip_path.write_bytes(make_zip({"a.sql": "SELECT 1\n"}))
+        submitted = daemon.ctl("submit", str(zip_path), "--wait", "--json")
+        assert submitted.returncode == 0 and json.loads(submitted.stdout)["status"] == "SUCCESS", submitted.stderr
+        assert any((daemon.home / "redis").rglob("*.aof")), "append-only file missing"
+        assert daemon.ctl("stop").returncode == 0
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(port=port, socket_connect_timeout=1).ping()  # stopped with supervisord
+    finally:
+        daemon.kill()
+
+
+def test_bin_demo_leaves_the_service_running(pg_stack, tmp_path):
+    env = {k: v for k, v in pg_stack.env.items() if k != "DATABASE_URL"}  # the demo's own SQLite
+    env.update(SQLCHECK_HOME=str(tmp_path / "demo"), CELERY_WORKER_CONCURRENCY="1")
+    daemon = Daemon(pg_stack, **env)
+    daemon.env = env
+    try:
+        demo = subprocess.run([str(Path(__file__).resolve().parents[2] / "bin" / "demo")], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "SUCCESS" in demo.stdout and "Top rules:" in demo.stdout
+        assert "sqlcheckctl stop" in demo.stdout
+        rc, doc = daemon.status()
+        assert rc == 0 and doc["jobs"]["counts"] == {"SUCCESS": 1}
+        assert daemon.ctl("stop").returncode == 0
     finally:
         daemon.kill()
