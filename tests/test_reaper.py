@@ -1,0 +1,164 @@
+"""The reaper's decisions (pure) and one pass against a real database and Redis.
+
+The pass uses a SQLite installation and this session's Redis database; messages it
+sends are read back from the Redis queue lists, where no worker consumes them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+from sqlalchemy import update
+
+from sqlcheck import repository as repo
+from sqlcheck import reaper, workflow
+from sqlcheck.celery_app import ANALYSIS_QUEUE, ZIP_QUEUE
+from sqlcheck.locks import lock_key
+from sqlcheck.models import Job, Task
+from sqlcheck.workflow import Runtime
+from tests.conftest import _make_stack, _reset_redis
+from tests.helpers import make_zip
+
+
+def test_decisions():
+    assert reaper.decide_in_progress(1, lock_held=True, max_attempts=3) == "skip"
+    assert reaper.decide_in_progress(1, lock_held=False, max_attempts=3) == "resend"
+    assert reaper.decide_in_progress(3, lock_held=False, max_attempts=3) == "fail"
+    assert reaper.decide_pending(0, queued=True, lock_held=False, max_attempts=3) == "skip"
+    assert reaper.decide_pending(0, queued=False, lock_held=True, max_attempts=3) == "skip"
+    assert reaper.decide_pending(2, queued=False, lock_held=False, max_attempts=3) == "resend"
+    assert reaper.decide_pending(3, queued=False, lock_held=False, max_attempts=3) == "fail"
+    assert reaper.decide_job(queued=True, resends=9, max_attempts=3) == "skip"
+    assert reaper.decide_job(queued=False, resends=2, max_attempts=3) == "resend"
+    assert reaper.decide_job(queued=False, resends=3, max_attempts=3) == "fail"
+
+
+def test_unreadable_message_is_ignored():
+    assert reaper.message_task_id_and_args(b"not json") == (None, [])
+
+
+@pytest.fixture
+def rt(tmp_path, redis_url):
+    _reset_redis(redis_url)
+    stack = _make_stack(tmp_path, None, redis_url, SQLCHECK_REAPER_LOST_AFTER_S="0", SQLCHECK_REAPER_MARGIN_S="5")
+    runtime = Runtime.from_settings(stack.settings)
+    runtime.stack = stack
+    yield runtime
+    runtime.db.engine.dispose()
+
+
+def _job_with_tasks(rt, n=3) -> tuple[str, list[str]]:
+    job_id = rt.stack.submit(make_zip({f"f{i}.sql": "SELECT 1\n" for i in range(n)}))
+    redis.Redis.from_url(rt.settings.broker_url).delete(ZIP_QUEUE)  # no zip worker: expand here
+    workflow.expand_job(rt, job_id, lambda ids: None)
+    with rt.db.session() as s:
+        return job_id, [t.id for t in repo.list_tasks(s, job_id)]
+
+
+def _queued(rt, queue):
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    return sorted(reaper.queued_args(client, queue))
+
+
+def _pass(rt, now=None):
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    return reaper.reap_once(rt, client, reaper.Sender(rt.settings), now)
+
+
+def test_never_sent_tasks_are_sent_once_and_queued_ones_are_left(rt):
+    job_id, ids = _job_with_tasks(rt)
+    report = _pass(rt, datetime.now(timezone.utc) + timedelta(seconds=1))
+    assert report.resent_tasks == 3 and _queued(rt, ANALYSIS_QUEUE) == sorted(ids)
+    again = _pass(rt, datetime.now(timezone.utc) + timedelta(seconds=1))
+    assert again.resent_tasks == 0 and again.skipped == 3  # their messages wait in the queue
+    assert len(redis.Redis.from_url(rt.settings.broker_url).lrange(ANALYSIS_QUEUE, 0, -1)) == 3
+
+
+def test_stranded_in_progress_task_is_resent_unless_a_lock_is_held(rt):
+    job_id, ids = _job_with_tasks(rt, 2)
+    with rt.db.session() as s:
+        for task_id in ids:
+            repo.claim_task(s, task_id, "dead@host", rt.settings.max_attempts)
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    client.set(lock_key(ids[0]), "alive@host|1|x", ex=60)
+    later = datetime.now(timezone.utc) + timedelta(seconds=rt.settings.hard_time_limit_s + 10)
+    report = _pass(rt, later)
+    assert report.resent_tasks == 1 and _queued(rt, ANALYSIS_QUEUE) == [ids[1]]
+    with rt.db.session() as s:
+        assert repo.get_task(s, ids[1]).status == "PENDING" and repo.get_task(s, ids[0]).status == "IN_PROGRESS"
+
+
+def test_attempts_used_up_ends_failure_and_finalizes(rt):
+    job_id, ids = _job_with_tasks(rt, 1)
+    with rt.db.session() as s:
+        s.execute(update(Task).where(Task.id == ids[0]).values(attempts=rt.settings.max_attempts))
+    report = _pass(rt, datetime.now(timezone.utc) + timedelta(seconds=1))
+    assert report.failed_tasks == 1
+    with rt.db.session() as s:
+        task, job = repo.get_task(s, ids[0]), repo.get_job(s, job_id)
+    assert (task.status, task.failure_reason) == ("FAILURE", "worker_lost")
+    assert job.status == "FAILED"
+
+
+def test_unexpanded_job_gets_its_expand_message_again_then_fails(rt):
+    job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    client.delete(ZIP_QUEUE)  # the message was lost
+    later = datetime.now(timezone.utc) + timedelta(seconds=rt.settings.zip_hard_time_limit_s + 10)
+    assert _pass(rt, later).resent_jobs == 1 and _queued(rt, ZIP_QUEUE) == [job_id]
+    assert _pass(rt, later).resent_jobs == 0  # queued again: left alone
+    for _ in range(rt.settings.max_attempts):
+        client.delete(ZIP_QUEUE)
+        _pass(rt, later)
+    with rt.db.session() as s:
+        job = repo.get_job(s, job_id)
+    assert job.status == "FAILED" and "never expanded" in job.error_message
+
+
+def test_orphaned_job_is_finalized_and_a_missing_summary_written(rt):
+    job_id, ids = _job_with_tasks(rt, 2)
+    with rt.db.session() as s:
+        for task_id in ids:
+            repo.fail_task(s, task_id, repo.FailureReason.INTERNAL, "x")  # no finalize: its finisher "died"
+    report = _pass(rt)
+    assert report.finalized_jobs == 1
+    summary = rt.share.absolute(rt.share.summary_rel(job_id))
+    assert json.loads(summary.read_text())["status"] == "FAILED"
+    summary.unlink()
+    with rt.db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(finished_at=datetime.now(timezone.utc) - timedelta(minutes=1)))
+    assert _pass(rt).summaries_written == 1 and summary.exists()
+
+
+@pytest.fixture
+def tiny_share(tmp_path):
+    """A real 1 MiB file system (tmpfs) as the share, so ENOSPC comes from the kernel."""
+    mount = tmp_path / "tiny-share"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_while_expanding_fails_the_job_and_cleans_up(tmp_path, redis_url, tiny_share):
+    _reset_redis(redis_url)
+    stack = _make_stack(tmp_path, None, redis_url, NFS_SHARE_ROOT_PATH=str(tiny_share))
+    files = {f"d/f{i:02}.sql": "".join(f"SELECT {i * 7919 + j} AS c{j};\n" for j in range(5000)) for i in range(16)}
+    job_id = stack.submit(make_zip(files))  # ~0.3 MB on the share, ~2 MB once expanded
+    rt = Runtime.from_settings(stack.settings)
+    workflow.expand_job(rt, job_id, lambda ids: None)
+    with rt.db.session() as s:
+        job = repo.get_job(s, job_id)
+    assert job.status == "FAILED", job.error_message
+    assert job.error_message.startswith("the share is full (No space left on device)")
+    assert not rt.share.source_dir(job_id).exists()
+    assert zipfile.is_zipfile(rt.share.absolute(job.source_path))  # the upload itself is left alone
+    assert json.loads(rt.share.absolute(rt.share.summary_rel(job_id)).read_text())["status"] == "FAILED"
+    rt.db.engine.dispose()
