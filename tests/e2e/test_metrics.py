@@ -250,3 +250,19 @@ def test_metrics_program_under_supervisord(stack):
             proc.wait(90)
         except (OSError, ValueError, psutil.NoSuchProcess):
             pass
+
+
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
+def test_a_source_that_is_down_is_reported_not_fatal(stack):
+    """Redis unreachable: the scrape still has the database metrics and says which source failed."""
+    env = {**stack.env, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+    run = subprocess.run([SQLCHECKCTL, "metrics", "dump"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    samples = {}
+    for family in text_string_to_metric_families(run.stdout):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    assert value(samples, "sqlcheck_scrape_error", source="redis") == 1
+    assert value(samples, "sqlcheck_scrape_error", source="database") == 0
+    assert value(samples, "sqlcheck_jobs", status="SUCCESS") == 0
+    assert "sqlcheck_queue_depth" not in samples
