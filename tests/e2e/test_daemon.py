@@ -247,3 +247,26 @@ def test_bin_demo_leaves_the_service_running(pg_stack, tmp_path):
         assert daemon.ctl("stop").returncode == 0
     finally:
         daemon.kill()
+
+
+def test_stop_timeout_turns_cold_and_the_file_in_flight_runs_again(pg_stack):
+    daemon = Daemon(pg_stack, SQLCHECK_ENABLE_FAULTS="1")
+    try:
+        assert daemon.ctl("start").returncode == 0
+        job_id = pg_stack.submit(make_zip({"a_slow.sql": "-- sqlcheck-fault: sleep_s=10\nSELECT 1\n",
+                                           "b.sql": "SELECT 2\n"}))
+        wait_until(lambda: (v := _job_view(pg_stack, job_id)) and v["tasks"]
+                   and v["tasks"][0]["status"] == "IN_PROGRESS", 60, "a_slow.sql in progress")
+        stopped = daemon.ctl("stop", "--timeout", "1")
+        assert stopped.returncode == 0 and "stopped cold" in stopped.stdout, stopped.stdout + stopped.stderr
+        slow = _job_view(pg_stack, job_id)["tasks"][0]
+        assert slow["status"] == "IN_PROGRESS" and slow["attempts"] == 1  # interrupted, not recorded
+        broker = redis.Redis.from_url(pg_stack.env["CELERY_BROKER_URL"])
+        assert broker.llen("sql_analysis") == 2  # the interrupted file went back, b.sql never left
+
+        assert daemon.ctl("start").returncode == 0
+        view = pg_stack.wait_job(job_id, 120)
+        assert view["status"] == "SUCCESS"
+        assert [t["attempts"] for t in view["tasks"]] == [2, 1]  # only the interrupted file ran again
+    finally:
+        daemon.kill()
