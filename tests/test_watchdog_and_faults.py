@@ -1,0 +1,50 @@
+"""Pure decisions of the RSS watchdog, fault directives, and the status summary."""
+
+import pytest
+
+from sqlcheck import faults
+from sqlcheck.control import overall_state
+from sqlcheck.watchdog import judge_children
+
+
+def test_busy_child_over_the_limit_is_killed_idle_big_child_is_recycled():
+    verdicts = judge_children({1: 900.0, 2: 100.0, 3: 600.0, 4: 400.0}, {1: "t1", 2: "t2", 4: "t4"},
+                              max_rss_mb=800, recycle_rss_mb=500)
+    assert verdicts.kill_busy == {1: "t1"}  # busy and over the hard limit
+    assert verdicts.recycle_idle == [3]  # idle and over the recycle limit; busy 4 is left alone
+
+
+def test_recycle_limit_above_the_kill_limit_still_recycles_idle_children_at_the_kill_limit():
+    assert judge_children({7: 350.0}, {}, max_rss_mb=300, recycle_rss_mb=500).recycle_idle == [7]
+
+
+def test_fault_directives_parse_and_typos_are_refused():
+    assert faults.parse("SELECT 1") is None
+    fault = faults.parse("-- sqlcheck-fault: sleep_s=30 ignore_soft=1\nSELECT 1")
+    assert fault.sleep_s == 30 and fault.ignore_soft and not fault.kill_self
+    assert faults.parse("--sqlcheck-fault: alloc_mb=800").alloc_mb == 800
+    with pytest.raises(ValueError, match="sleep"):
+        faults.parse("-- sqlcheck-fault: sleep=3")
+
+
+def test_faults_are_inert_without_the_switch(monkeypatch):
+    monkeypatch.delenv(faults.ENV, raising=False)
+    faults.inject("-- sqlcheck-fault: kill_self=1\n")  # would SIGKILL this test process if active
+
+
+def _doc(states, pings, sup=None):
+    return {"supervisord": sup or {"pid": 1, "state": "RUNNING"},
+            "programs": [{"name": f"p{i}", "state": s} for i, s in enumerate(states)],
+            "nodes": {f"n{i}": {"ping": p} for i, p in enumerate(pings)}}
+
+
+@pytest.mark.parametrize("doc,state", [
+    (_doc(["RUNNING", "RUNNING"], [True, True]), "running"),
+    (_doc(["RUNNING", "RUNNING"], [True, False]), "partial"),
+    (_doc(["RUNNING", "FATAL"], [True]), "partial"),
+    (_doc(["STOPPED", "STOPPED"], [False, False]), "stopped"),
+    (_doc([], [], {"error": "not running", "pid": None}), "stopped"),
+    (_doc([], [], {"error": "no answer", "pid": 4242}), "unknown"),
+])
+def test_overall_state_follows_lsb_meanings(doc, state):
+    assert overall_state(doc) == state
