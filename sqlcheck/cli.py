@@ -214,6 +214,23 @@ def report(
         sys.stdout.flush()
 
 
+@app.command()
+def reap(
+    loop: bool = typer.Option(False, "--loop", help="keep reaping (the supervisord program); default one pass"),
+    interval: Optional[float] = typer.Option(None, "--interval", help="seconds between passes; default SQLCHECK_REAPER_INTERVAL_S"),
+) -> None:
+    """Bring stuck work to an end: re-send lost messages, fail what used up its attempts, finalize jobs."""
+    from sqlcheck.logs import configure_logging
+    from sqlcheck.reaper import run
+    from sqlcheck.workflow import Runtime
+
+    s = settings()
+    configure_logging(s.log_level, s.log_format)
+    with user_errors():
+        report = run(Runtime.from_settings(s), loop, interval or s.reaper_interval_s)
+    out.print(f"reaper: {report.line()}", highlight=False)
+
+
 # ---- daemon (supervisord) ---------------------------------------------------------
 
 
