@@ -12,6 +12,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: PostgreSQL advisory lock key that serialises concurrent `db upgrade` runs
+MIGRATION_LOCK_ID = 0x5C1C4EC
 
 
 def make_engine(url: str) -> Engine:
@@ -92,6 +94,9 @@ def upgrade_schema(url: str) -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two nodes migrating a fresh database at once: the second waits, then finds it done.
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     finally:

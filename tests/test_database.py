@@ -1,0 +1,40 @@
+"""Schema migrations: concurrent `db upgrade` runs on one fresh PostgreSQL database all succeed."""
+
+import threading
+import uuid
+
+from sqlalchemy import create_engine, inspect, text
+
+from sqlcheck.database import upgrade_schema
+from tests.conftest import PG_ADMIN_URL
+
+
+def test_concurrent_upgrades_of_a_fresh_database_all_succeed():
+    name = f"sqlcheck_migrace_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    errors = []
+
+    def upgrade():
+        try:
+            upgrade_schema(url)
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=upgrade) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            assert {"jobs", "tasks", "alembic_version"} <= set(inspect(conn).get_table_names())
+        engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
