@@ -249,7 +249,7 @@ def config_render(
 
 
 def _say(line: str) -> None:
-    err.print(line, highlight=False)
+    err.print(line, highlight=False, soft_wrap=True)  # one event per line, never wrapped
 
 
 @app.command()
@@ -261,7 +261,8 @@ def start(timeout: float = typer.Option(120, help="seconds to wait until every w
     with user_errors():
         result = start_daemon(s, timeout, _say)
     verb = "was already running" if result.already_running else f"started in {result.seconds:.1f} s"
-    out.print(f"sqlcheck {verb}: {', '.join(f'{n} {st}' for n, st in result.programs.items())}", highlight=False)
+    out.print(f"sqlcheck {verb}: {', '.join(f'{n} {st}' for n, st in result.programs.items())}", highlight=False,
+              soft_wrap=True)
     out.print(f"nodes answering: {', '.join(result.nodes)}", highlight=False)
     out.print(f"supervisorctl -c {result.conf} status", highlight=False)
 

@@ -82,6 +82,15 @@ def write_config(plan: RenderPlan, out_dir: Path | None = None) -> list[Path]:
     return written
 
 
+def config_differs(plan: RenderPlan) -> bool:
+    """True when rendering now would change the supervisord.conf on disk."""
+    try:
+        current = plan.paths.conf.read_text()
+    except OSError:
+        return True
+    return current != render_all(plan)["supervisord/supervisord.conf"]
+
+
 def _prepare_dirs(paths: SupervisorPaths) -> None:
     for d in (paths.home, paths.run_dir, paths.log_dir, paths.redis_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -197,6 +206,8 @@ def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir
         plan = make_plan(settings, bin_dir)
         paths = plan.paths
         say(f"supervisord is already running (pid {sup.pid()}); making sure every program runs")
+        if config_differs(plan):
+            say("note: the settings differ from the running configuration; `sqlcheckctl reload` applies them")
         for p in sup.processes():
             if p.state in ("STOPPED", "EXITED", "FATAL"):
                 say(f"starting {p.full_name}")

@@ -92,7 +92,9 @@ def test_start_status_reload_restart_stop(daemon):
     assert started.returncode == 0, started.stderr
     assert "nodes answering" in started.stdout
     again = daemon.ctl("start")
-    assert again.returncode == 0 and "already running" in again.stdout
+    assert again.returncode == 0 and "already running" in again.stdout and "reload" not in again.stderr
+    hint = daemon.ctl("start", CELERY_WORKER_CONCURRENCY="2")
+    assert hint.returncode == 0 and "`sqlcheckctl reload` applies them" in hint.stderr
 
     rc, doc = daemon.status()
     assert rc == 0 and doc["state"] == "running"
