@@ -98,7 +98,9 @@ def process_sql_file(self, task_id: str) -> None:
         # Another delivery is linting it right now. Do not drop this message: the holder may die.
         log.info("task=%s is being linted elsewhere; checking again in %ss", task_id, rt.settings.lock_retry_delay_s)
         _count_retry("lock_busy")
-        raise self.retry(countdown=rt.settings.lock_retry_delay_s, max_retries=None)
+        # Celery reads max_retries=None as "the task default" (3), which dropped the message after
+        # three waits; "always one more" keeps it until the holder ends or its lock expires (TTL).
+        raise self.retry(countdown=rt.settings.lock_retry_delay_s, max_retries=self.request.retries + 1)
     try:
         workflow.lint_task(rt, task_id, hostname)
     except SoftTimeLimitExceeded:

@@ -65,17 +65,22 @@ def private_redis(tmp_path_factory):
 def test_duplicate_delivery_waits_for_the_lock_and_lints_once(pg_stack):
     pg_stack.env["SQLCHECK_LOCK_RETRY_DELAY_S"] = "1"
     w = pg_stack.start_worker(queues="zip_processing,sql_analysis", concurrency=2)
-    job_id = pg_stack.submit(make_zip({"slow.sql": SLOW_SQL}))
+    job_id = pg_stack.submit(make_zip({"slow.sql": SLOW_SQL * 2}))  # ~6 s: more waits than Celery's default 3
     task = wait_until(lambda: (v := _view(pg_stack, job_id)) and v["tasks"] and v["tasks"][0]["status"] == "IN_PROGRESS"
                       and v["tasks"][0], 60, "the slow task running")
     Sender(pg_stack.settings).lint([task["id"]])  # the same message again, by name, while it runs
     wait_until(lambda: f"task={task['id']} is being linted elsewhere" in w.log(), 30, "the duplicate to find the lock")
     view = pg_stack.wait_job(job_id, 120)
-    wait_until(lambda: f"task={task['id']} already SUCCESS; duplicate message ignored" in w.log(), 60,
-               "the duplicate to see the terminal row and skip")
+    try:
+        wait_until(lambda: f"task={task['id']} already SUCCESS; duplicate message ignored" in w.log(), 60,
+                   "the duplicate to see the terminal row and skip")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{w.log()[-6000:]}") from None
     log = w.log()
     assert view["status"] == "SUCCESS"
     assert view["tasks"][0]["attempts"] == 1
+    assert log.count(f"task={task['id']} is being linted elsewhere") > 3  # kept waiting, never dropped
+    assert "MaxRetriesExceeded" not in log
     assert log.count(f"task={task['id']} lint started") == 1
     assert log.count(f"task={task['id']} SUCCESS") == 1
     results = list((pg_stack.share / f"jobs/{job_id}/results").iterdir())
