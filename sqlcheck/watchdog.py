@@ -53,8 +53,8 @@ def child_rss_mb(pids: list[int]) -> dict[int, float]:
     return found
 
 
-#: set by worker_hooks.install: records FAILURE/memory for a task id before the kill
-record_memory_failure: Callable[[str, float], None] | None = None
+#: set by worker_hooks.install: records the memory failure of (task name, first argument, RSS MiB) before the kill
+record_memory_failure: Callable[[str, str, float], None] | None = None
 
 
 class RssWatchdog(bootsteps.StartStopStep):
@@ -85,15 +85,18 @@ class RssWatchdog(bootsteps.StartStopStep):
         pool = getattr(worker.pool, "_pool", None)
         processes = getattr(pool, "_pool", None) or []  # billiard's Process list (private; pinned, tested)
         pids = [p.pid for p in processes if p.pid]
-        task_by_pid = {r.worker_pid: r.id for r in list(state.active_requests) if r.worker_pid}
+        requests = {r.worker_pid: r for r in list(state.active_requests) if r.worker_pid}
+        task_by_pid = {pid: r.id for pid, r in requests.items()}
         verdicts = judge_children(child_rss_mb(pids), task_by_pid, self.max_rss_mb, self.recycle_rss_mb)
         for pid, task_id in verdicts.kill_busy.items():
+            request = requests[pid]
+            target = (list(request.args or ()) or [task_id])[0]  # the task row id, or the job id for a ZIP
             rss = child_rss_mb([pid]).get(pid, 0.0)
             log.warning("task=%s child pid=%d RSS %.0f MiB > %d MiB: failing the file and killing the child",
                         task_id, pid, rss, self.max_rss_mb)
             if record_memory_failure is not None:
                 try:
-                    record_memory_failure(task_id, rss)
+                    record_memory_failure(request.name, str(target), rss)
                 except Exception:  # the kill must happen even if the DB is down
                     log.exception("task=%s could not record the memory failure", task_id)
             _kill(pid, signal.SIGKILL)

@@ -50,12 +50,15 @@ def on_worker_process_init(**_kwargs) -> None:
         log.exception("linter warm-up failed; files will still be linted")
 
 
-def record_memory_failure(task_id: str, rss_mb: float) -> None:
+def record_memory_failure(task_name: str, target: str, rss_mb: float) -> None:
+    """The watchdog is about to kill a child: fail its file, or its job when it was expanding a ZIP
+    (otherwise the redelivered ZIP message would balloon again, forever)."""
     rt = tasks.runtime()
-    workflow.record_failure(
-        rt, task_id, FailureReason.MEMORY,
-        f"the worker child used {rss_mb:.0f} MiB, above SQLCHECK_CHILD_MAX_RSS_MB={rt.settings.child_max_rss_mb}",
-    )
+    why = f"the worker child used {rss_mb:.0f} MiB, above SQLCHECK_CHILD_MAX_RSS_MB={rt.settings.child_max_rss_mb}"
+    if task_name == EXPAND_TASK:
+        workflow.fail_job(rt, target, f"expanding the archive: {why}")
+    else:
+        workflow.record_failure(rt, target, FailureReason.MEMORY, why)
 
 
 def install(settings: Settings) -> None:
