@@ -316,7 +316,8 @@ STATUS_EXIT = {"running": EXIT_OK, "stopped": EXIT_NOT_RUNNING, "partial": EXIT_
 def _status_table(doc) -> None:
     sup = doc["supervisord"] or {}
     out.print(f"[bold]{doc['state']}[/bold]  supervisord: "
-              f"{sup.get('error') or 'pid %s %s' % (sup.get('pid'), sup.get('state'))}  ({doc['conf']})", highlight=False)
+              f"{sup.get('error') or 'pid %s %s' % (sup.get('pid'), sup.get('state'))}  ({doc['conf']})",
+              highlight=False, soft_wrap=True)
     nodes = dict(doc["nodes"])
     for p in doc["programs"]:
         node = next((n for n in nodes if n.split("@")[0] == p["name"].split(":")[-1]), None)
@@ -350,20 +351,22 @@ def status(
     from sqlcheck.control import status as daemon_status
 
     s = settings()
-    while True:
-        doc = daemon_status(s)
-        if as_json:
-            _print_json(doc)
-        else:
-            if watch:
-                out.clear()
-            _status_table(doc)
-        if not watch:
-            raise typer.Exit(STATUS_EXIT[doc["state"]])
-        try:
+    doc = {"state": "unknown"}
+    try:
+        while True:
+            doc = daemon_status(s)
+            if as_json:
+                _print_json(doc)
+            else:
+                if watch:
+                    out.clear()
+                _status_table(doc)
+            if not watch:
+                break
             time.sleep(watch)
-        except KeyboardInterrupt:
-            raise typer.Exit(STATUS_EXIT[doc["state"]]) from None
+    except KeyboardInterrupt:  # the way out of --watch
+        pass
+    raise typer.Exit(STATUS_EXIT[doc["state"]])
 
 
 @app.command()
