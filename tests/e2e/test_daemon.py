@@ -165,7 +165,7 @@ def test_start_fails_with_the_reason_and_the_log_tail(daemon, tmp_path):
 SLOW = "-- sqlcheck-fault: sleep_s=6\nSELECT 1\n"  # several seconds, well below the soft limit
 
 
-@pytest.mark.parametrize("how", ["sqlcheckctl-stop", "sigterm-to-supervisord"])
+@pytest.mark.parametrize("how", ["sqlcheckctl-stop", "sigterm-to-supervisord", "supervisorctl-stop"])
 def test_warm_shutdown_finishes_the_file_in_flight_and_keeps_the_queue(pg_stack, how):
     daemon = Daemon(pg_stack, SQLCHECK_ENABLE_FAULTS="1")
     try:
@@ -183,6 +183,9 @@ def test_warm_shutdown_finishes_the_file_in_flight_and_keeps_the_queue(pg_stack,
             stopped = daemon.ctl("stop")
             assert stopped.returncode == 0, stopped.stderr
             assert "in flight, will finish first" in stopped.stderr
+        elif how == "supervisorctl-stop":
+            stopped = daemon.supervisorctl("stop", "sqlcheck:*")
+            assert stopped.returncode == 0 and "sqlcheck:analysis: stopped" in stopped.stdout, stopped.stdout
         else:
             pid = daemon.pid()
             os.kill(pid, signal.SIGTERM)  # what systemd sends
@@ -196,7 +199,10 @@ def test_warm_shutdown_finishes_the_file_in_flight_and_keeps_the_queue(pg_stack,
         broker = redis.Redis.from_url(pg_stack.env["CELERY_BROKER_URL"])
         assert broker.llen("sql_analysis") == 5  # unstarted messages went (stayed) back to Redis
 
-        assert daemon.ctl("start").returncode == 0
+        if how == "supervisorctl-stop":
+            assert daemon.supervisorctl("start", "sqlcheck:*").returncode == 0
+        else:
+            assert daemon.ctl("start").returncode == 0
         view = pg_stack.wait_job(job_id, 120)
         assert view["status"] == "SUCCESS" and view["succeeded_tasks"] == 6
         assert [t["attempts"] for t in view["tasks"]] == [1] * 6  # nothing ran twice
