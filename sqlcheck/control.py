@@ -55,13 +55,25 @@ def broker_reachable(settings: Settings, timeout_s: float = 1.0) -> bool:
 
 
 def make_plan(settings: Settings, bin_dir: Path | None = None) -> RenderPlan:
-    """Look at this machine (venv, broker, redis-server) once; the rendering itself is pure."""
+    """Look at this machine (venv, broker, redis-server) once; the rendering itself is pure.
+
+    A Redis we already run counts as "none answers": otherwise `reload` would see our own
+    embedded Redis answering and remove it from under the workers.
+    """
     found = shutil.which("redis-server")
     redis_server = Path(found) if found else None
     embedded = False
     if settings.embedded_redis != "off":
-        embedded = wants_embedded_redis(settings, broker_reachable(settings), redis_server)
+        ours = _runs_embedded_redis(SupervisorPaths(settings.home.resolve()))
+        embedded = wants_embedded_redis(settings, not ours and broker_reachable(settings), redis_server)
     return RenderPlan(settings, bin_dir or venv_bin_dir(), redis_server if embedded else None)
+
+
+def _runs_embedded_redis(paths: SupervisorPaths) -> bool:
+    try:
+        return "[program:redis]" in paths.conf.read_text() and Supervisor(paths.socket, 5).is_up()
+    except OSError:
+        return False
 
 
 def write_config(plan: RenderPlan, out_dir: Path | None = None) -> list[Path]:

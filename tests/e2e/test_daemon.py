@@ -232,6 +232,8 @@ def test_embedded_redis_runs_when_none_answers(pg_stack):
         submitted = daemon.ctl("submit", str(zip_path), "--wait", "--json")
         assert submitted.returncode == 0 and json.loads(submitted.stdout)["status"] == "SUCCESS", submitted.stderr
         assert any((daemon.home / "redis").rglob("*.aof")), "append-only file missing"
+        reloaded = daemon.ctl("reload")  # our own Redis answering now must not remove it
+        assert reloaded.returncode == 0 and "unchanged" in reloaded.stdout, reloaded.stdout + reloaded.stderr
         assert daemon.ctl("stop").returncode == 0
         with pytest.raises(redis.ConnectionError):
             redis.Redis(port=port, socket_connect_timeout=1).ping()  # stopped with supervisord
