@@ -26,7 +26,8 @@ def ping_nodes(settings: Settings, nodes: list[str], timeout_s: float = 1.5) -> 
         return set()
     app = _app(settings)
     try:
-        replies = app.control.ping(destination=nodes, timeout=timeout_s) or []
+        # limit: return as soon as every node answered instead of always waiting the full timeout
+        replies = app.control.ping(destination=nodes, timeout=timeout_s, limit=len(nodes)) or []
     finally:
         app.close()
     answered = set()
@@ -41,7 +42,7 @@ def active_tasks(settings: Settings, nodes: list[str], timeout_s: float = 1.5) -
         return {}
     app = _app(settings)
     try:
-        found = app.control.inspect(destination=nodes, timeout=timeout_s).active() or {}
+        found = app.control.inspect(destination=nodes, timeout=timeout_s, limit=len(nodes)).active() or {}
     finally:
         app.close()
     return {
