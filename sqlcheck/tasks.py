@@ -61,9 +61,9 @@ def _count_retry(why: str) -> None:
     counters.bump(redis_client(), counters.RETRIES, why)
 
 
-def _retry_delay(task) -> float:
+def _retry_delay(retries: int) -> float:
     s = runtime().settings
-    return backoff_delay_s(task.request.retries, s.retry_base_delay_s, s.retry_max_delay_s)
+    return backoff_delay_s(retries, s.retry_base_delay_s, s.retry_max_delay_s)
 
 
 @app.task(name=EXPAND_TASK, bind=True)
@@ -75,7 +75,7 @@ def expand_zip_and_dispatch_tasks(self, job_id: str) -> None:
         workflow.fail_job(rt, job_id, f"expanding the archive took longer than {rt.settings.zip_soft_time_limit_s} s")
     except Exception as exc:
         if is_transient(exc) and self.request.retries < rt.settings.max_retries:
-            delay = _retry_delay(self)
+            delay = _retry_delay(self.request.retries)
             log.warning("job=%s expand: transient error (%s); retry %d in %.1fs",
                         job_id, exc.__class__.__name__, self.request.retries + 1, delay)
             _count_retry("transient")
@@ -85,22 +85,28 @@ def expand_zip_and_dispatch_tasks(self, job_id: str) -> None:
 
 
 @app.task(name=LINT_TASK, bind=True)
-def process_sql_file(self, task_id: str) -> None:
+def process_sql_file(self, task_id: str, transient_retries: int = 0) -> None:
+    """Lint one file. Lock waits are unbounded (the lock TTL ends them); outages are retried
+    at most SQLCHECK_MAX_RETRIES times, counted apart in `transient_retries` (senders omit it)."""
     rt = runtime()
+    more = self.request.retries + 1  # Celery's own bound: never the one that stops us
     hostname = self.request.hostname or rt.settings.node_name
     lock = TaskLock(redis_client(), task_id, hostname, rt.settings.lock_ttl_s)
     try:
         acquired = lock.acquire()
     except redis.RedisError as exc:
+        if transient_retries >= rt.settings.max_retries:
+            raise  # the message fails; the row stays PENDING and the reaper sends it again later
         _count_retry("transient")
-        raise self.retry(exc=exc, countdown=_retry_delay(self), max_retries=rt.settings.max_retries) from None
+        raise self.retry(exc=exc, countdown=_retry_delay(transient_retries), max_retries=more,
+                         kwargs={"transient_retries": transient_retries + 1}) from None
     if not acquired:
         # Another delivery is linting it right now. Do not drop this message: the holder may die.
         log.info("task=%s is being linted elsewhere; checking again in %ss", task_id, rt.settings.lock_retry_delay_s)
         _count_retry("lock_busy")
         # Celery reads max_retries=None as "the task default" (3), which dropped the message after
         # three waits; "always one more" keeps it until the holder ends or its lock expires (TTL).
-        raise self.retry(countdown=rt.settings.lock_retry_delay_s, max_retries=self.request.retries + 1)
+        raise self.retry(countdown=rt.settings.lock_retry_delay_s, max_retries=more)
     try:
         workflow.lint_task(rt, task_id, hostname)
     except SoftTimeLimitExceeded:
@@ -108,19 +114,20 @@ def process_sql_file(self, task_id: str) -> None:
             rt, task_id, FailureReason.TIMEOUT, f"linting took longer than {rt.settings.soft_time_limit_s} s (soft limit)"
         )
     except Exception as exc:
-        if is_transient(exc) and self.request.retries < rt.settings.max_retries:
-            delay = _retry_delay(self)
+        if is_transient(exc) and transient_retries < rt.settings.max_retries:
+            delay = _retry_delay(transient_retries)
             log.warning("task=%s transient error (%s: %s); retry %d in %.1fs",
-                        task_id, exc.__class__.__name__, _first_line(exc), self.request.retries + 1, delay)
+                        task_id, exc.__class__.__name__, _first_line(exc), transient_retries + 1, delay)
             _release_quietly(lock)
             _count_retry("transient")
-            raise self.retry(countdown=delay, max_retries=rt.settings.max_retries) from None
+            raise self.retry(countdown=delay, max_retries=more,
+                             kwargs={"transient_retries": transient_retries + 1}) from None
         reason = FailureReason.INTERNAL
         if is_transient(exc):
             # the outage outlasted every retry: say so, with the real error, and no traceback
-            log.error("task=%s gave up after %d retries: %s: %s", task_id, self.request.retries, exc.__class__.__name__,
+            log.error("task=%s gave up after %d retries: %s: %s", task_id, transient_retries, exc.__class__.__name__,
                       _first_line(exc))
-            message = f"gave up after {self.request.retries} retries of a transient error: {exc.__class__.__name__}: {exc}"
+            message = f"gave up after {transient_retries} retries of a transient error: {exc.__class__.__name__}: {exc}"
         else:
             log.exception("task=%s lint failed with an internal error", task_id)
             message = f"internal error: {exc.__class__.__name__}: {exc}"

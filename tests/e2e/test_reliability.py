@@ -117,6 +117,32 @@ def test_database_outage_is_retried_with_growing_delays(tmp_path, redis_url, pri
             worker.stop()
 
 
+def test_outage_longer_than_every_retry_gives_up_and_the_reaper_finishes_it(tmp_path, redis_url, private_pg):
+    _reset_redis(redis_url)
+    stack = _make_stack(tmp_path, private_pg.url, redis_url, SQLCHECK_RETRY_BASE_DELAY_S="0.2",
+                        SQLCHECK_RETRY_MAX_DELAY_S="1", SQLCHECK_MAX_RETRIES="2")
+    try:
+        w = stack.start_worker(queues="sql_analysis", concurrency=1)
+        job_id = stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
+        rt = _expand_without_sending(stack, job_id)
+        task_id = _view(stack, job_id)["tasks"][0]["id"]
+        rt.db.engine.dispose()
+        private_pg.stop()
+        Sender(stack.settings).lint([task_id])
+        wait_until(lambda: f"task={task_id} gave up after 2 retries: OperationalError" in w.log(), 60, "give up")
+        assert w.log().count(f"task={task_id} transient error") == 2
+        private_pg.start()
+        assert _view(stack, job_id)["tasks"][0]["status"] == "PENDING"  # not lost: the row still waits
+        env = {**stack.env, "SQLCHECK_REAPER_LOST_AFTER_S": "0"}
+        out = subprocess.run([SQLCHECKCTL, "reap"], env=env, capture_output=True, text=True, timeout=60)
+        assert f"task={task_id} re-sent: PENDING and its message is gone" in out.stderr, out.stderr
+        view = stack.wait_job(job_id, 60)
+        assert view["status"] == "SUCCESS" and view["tasks"][0]["attempts"] == 1
+    finally:
+        for worker in stack.workers:
+            worker.stop()
+
+
 def test_permanent_errors_are_not_retried(pg_stack):
     w = pg_stack.start_worker()
     job_id = pg_stack.submit(make_zip({"binary.sql": bytes(range(256)) * 8, "ok.sql": "SELECT 1\n"}))
