@@ -185,10 +185,10 @@ def send_undispatched(rt: Runtime, job_id: str, send: SendLintMessages) -> int:
 def fail_job(rt: Runtime, job_id: str, message: str) -> None:
     with rt.db.session() as s:
         changed = repo.fail_job(s, job_id, message)
+        if changed:
+            log.warning("job=%s FAILED: %s", job_id, message)
+            write_summary(rt, job_id, s)  # before the commit: whoever sees FAILED finds summary.json
     shutil.rmtree(rt.share.source_dir(job_id), ignore_errors=True)
-    if changed:
-        log.warning("job=%s FAILED: %s", job_id, message)
-        write_summary(rt, job_id)
 
 
 # ---- lint one file ---------------------------------------------------------------
@@ -271,18 +271,26 @@ def record_failure(rt: Runtime, task_id: str, reason: FailureReason, message: st
 
 
 def finalize_job(rt: Runtime, job_id: str) -> bool:
-    """If every task ended, move the job to its terminal status (exactly once) and write summary.json."""
+    """If every task ended, move the job to its terminal status (exactly once) and write summary.json.
+
+    The summary is written inside the finalizing transaction, before the commit, so a client
+    that sees the terminal status always finds summary.json (a failed write rolls the status back).
+    """
     with rt.db.session() as s:
         finalized = repo.finalize_job_if_complete(s, job_id)
-    if finalized:
-        write_summary(rt, job_id)
+        if finalized:
+            write_summary(rt, job_id, s)
     return finalized
 
 
-def write_summary(rt: Runtime, job_id: str) -> None:
-    with rt.db.session() as s:
-        job = repo.get_job(s, job_id)
-        tasks = repo.list_tasks(s, job_id)
+def write_summary(rt: Runtime, job_id: str, session=None) -> None:
+    """Write summary.json from the rows as ``session`` (a database session) sees them; a new one if None."""
+    if session is None:
+        with rt.db.session() as s:
+            return write_summary(rt, job_id, s)
+    session.expire_all()  # read the rows as updated in this transaction, not cached copies
+    job = repo.get_job(session, job_id)
+    tasks = repo.list_tasks(session, job_id)
     doc = summary_document(job, tasks, read_expansion_notes(rt.share, job_id))
     doc["configuration"] = job_config.summary_part(
         job.dialect, job.options, job_config.load_uploaded(rt.share, job_id), rt.settings.default_dialect
