@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.helpers import make_zip
+from tests.helpers import make_zip, wait_until
 
 N_FILES = 80
 
@@ -24,13 +24,16 @@ def test_two_workers_one_job_finalized_exactly_once(pg_stack):
     hosts = {t["worker_hostname"] for t in view["tasks"] if t["status"] == "SUCCESS"}
     assert hosts == {"alpha@node1", "beta@node2"}, "both workers should have linted files of the job"
 
+    summary = json.loads((pg_stack.share / f"jobs/{job_id}/summary.json").read_text())  # there as soon as the status
+    finalized_pattern = rf"job={job_id} (?:SUCCESS|PARTIAL_SUCCESS|FAILED): "
+    wait_until(lambda: re.search(finalized_pattern, w1.log() + w2.log()), 10, "finalization logged")
+    for w in (w1, w2):
+        w.stop()  # no process is left that could finalize the job a second time
     logs = w1.log() + w2.log()
-    finalized = re.findall(rf"job={job_id} (?:SUCCESS|PARTIAL_SUCCESS|FAILED): ", logs)
-    assert len(finalized) == 1
+    assert len(re.findall(finalized_pattern, logs)) == 1
     for t in view["tasks"]:
         assert len(re.findall(rf"task={t['id']} (?:SUCCESS|FAILURE)", logs)) == 1, t["archive_member"]
 
-    summary = json.loads((pg_stack.share / f"jobs/{job_id}/summary.json").read_text())
     assert summary["tasks_by_status"] == {"SUCCESS": N_FILES, "FAILURE": 1}
     assert summary["failures_by_reason"] == {"decode_error": 1}
     assert summary["violations_by_rule"]["LT09"] == N_FILES
