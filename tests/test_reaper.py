@@ -50,6 +50,7 @@ def rt(tmp_path, redis_url):
     runtime.stack = stack
     yield runtime
     runtime.db.engine.dispose()
+    _reset_redis(redis_url)  # the messages this test sent must not reach a later test's worker
 
 
 def _job_with_tasks(rt, n=3) -> tuple[str, list[str]]:
