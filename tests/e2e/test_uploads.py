@@ -1,7 +1,8 @@
 """What users really upload: odd names, odd encodings, hostile and broken archives.
 
-Each test runs real `sqlcheckctl worker` processes (stack fixture: SQLite and PostgreSQL)
-and checks the rows, the files on the share and summary.json.
+Each test runs real `sqlcheckctl worker` processes and checks the rows, the files on the share
+and summary.json: on SQLite and PostgreSQL (stack) where the database stores what is checked,
+on PostgreSQL only (pg_stack) where the outcome does not depend on the database.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def test_oversize_file_fails_too_large_never_clean(stack):
 # ---- hostile archives ---------------------------------------------------------------------------
 
 
-def test_unsafe_members_fail_and_nothing_is_written_outside_the_job(stack, tmp_path):
+def test_unsafe_members_fail_and_nothing_is_written_outside_the_job(pg_stack, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     slip_near = "../../../../outside/slip.sql"  # sources/<job>/jobs/share/ -> tmp_path/outside
@@ -139,10 +140,10 @@ def test_unsafe_members_fail_and_nothing_is_written_outside_the_job(stack, tmp_p
         for name in (slip_near, slip_deep, absolute, "C:\\Windows\\evil.sql"):
             zf.writestr(zipfile.ZipInfo(name), "DROP TABLE users;\n")
         zf.writestr("ok.sql", "SELECT 1\n")
-    stack.start_worker()
+    pg_stack.start_worker()
     before = tree(tmp_path)
-    job_id = stack.submit(buf.getvalue())
-    view = stack.wait_job(job_id, 60)
+    job_id = pg_stack.submit(buf.getvalue())
+    view = pg_stack.wait_job(job_id, 60)
     tasks = by_member(view)
     assert view["status"] == "PARTIAL_SUCCESS"
     for member in ("link.sql", slip_near, slip_deep, absolute, "C:\\Windows\\evil.sql"):
@@ -155,31 +156,31 @@ def test_unsafe_members_fail_and_nothing_is_written_outside_the_job(stack, tmp_p
     stray = [p for p in new if not p.startswith((job_prefix, "share/uploads/", "home/")) and not p.endswith(".log")
              and not p.startswith("upload-")]
     assert stray == []
-    assert not any(p.is_symlink() for p in (stack.share / "jobs" / job_id).rglob("*"))
-    assert tree(stack.share / f"jobs/{job_id}/sources") == {"ok.sql"}
+    assert not any(p.is_symlink() for p in (pg_stack.share / "jobs" / job_id).rglob("*"))
+    assert tree(pg_stack.share / f"jobs/{job_id}/sources") == {"ok.sql"}
 
 
-def test_zip_bomb_refused_quickly_without_writing_inflated_bytes(stack):
+def test_zip_bomb_refused_quickly_without_writing_inflated_bytes(pg_stack):
     """200 MB of zeros in a 200 kB member: refused by the ratio check after ~40 MB inflated in memory."""
     bomb = zip_of_zeros({"a.sql": 100, "bomb.sql": 200 * 1024 * 1024})
     assert len(bomb) < 1_000_000
-    stack.start_worker(extra_env={"SQLCHECK_MAX_FILE_BYTES": str(512 * 1024 * 1024)})  # only the ratio can stop it
+    pg_stack.start_worker(extra_env={"SQLCHECK_MAX_FILE_BYTES": str(512 * 1024 * 1024)})  # only the ratio can stop it
     started = time.monotonic()
-    job_id = stack.submit(bomb)
-    view = stack.wait_job(job_id, 60)
+    job_id = pg_stack.submit(bomb)
+    view = pg_stack.wait_job(job_id, 60)
     assert time.monotonic() - started < 30
     assert view["status"] == "FAILED" and "zip bomb" in view["error_message"]
     assert view["tasks"] == []
-    written = sum(p.stat().st_size for p in (stack.share / "jobs").rglob("*") if p.is_file())
+    written = sum(p.stat().st_size for p in (pg_stack.share / "jobs").rglob("*") if p.is_file())
     assert written < 1_000_000
-    assert summary(stack, job_id)["error_message"] == view["error_message"]
+    assert summary(pg_stack, job_id)["error_message"] == view["error_message"]
 
 
-def test_huge_member_with_default_limits_is_too_large_not_inflated(stack):
-    stack.start_worker()
-    job_id = stack.submit(zip_of_zeros({"ok.sql": 0, "huge.sql": 200 * 1024 * 1024}))
-    view = stack.wait_job(job_id, 60)
-    written = sum(p.stat().st_size for p in (stack.share / "jobs").rglob("*") if p.is_file())
+def test_huge_member_with_default_limits_is_too_large_not_inflated(pg_stack):
+    pg_stack.start_worker()
+    job_id = pg_stack.submit(zip_of_zeros({"ok.sql": 0, "huge.sql": 200 * 1024 * 1024}))
+    view = pg_stack.wait_job(job_id, 60)
+    written = sum(p.stat().st_size for p in (pg_stack.share / "jobs").rglob("*") if p.is_file())
     assert written < 1_000_000
     # the per-file limit (256 KiB) is reached long before the ratio limit (200 x 200 kB)
     huge, ok = by_member(view)["huge.sql"], by_member(view)["ok.sql"]
@@ -265,21 +266,21 @@ def python_templater_upload() -> dict[str, str]:
     }
 
 
-def test_uploaded_sqlfluff_cannot_run_python(stack, tmp_path):
+def test_uploaded_sqlfluff_cannot_run_python(pg_stack, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     jinja_files = jinja_library_upload(markers)
     # Also planted where config discovery would look (share root, jobs dir) if it were on.
-    for where in (stack.share, stack.share / "jobs"):
+    for where in (pg_stack.share, pg_stack.share / "jobs"):
         for name, content in jinja_files.items():
             if not name.endswith(".sql"):
                 (where / name).parent.mkdir(parents=True, exist_ok=True)
                 (where / name).write_text(content)
-    stack.start_worker()
-    jobs = {"jinja": (stack.submit(make_zip(jinja_files)), JINJA_SQL),
-            "python": (stack.submit(make_zip(python_templater_upload())), PYTHON_SQL)}
+    pg_stack.start_worker()
+    jobs = {"jinja": (pg_stack.submit(make_zip(jinja_files)), JINJA_SQL),
+            "python": (pg_stack.submit(make_zip(python_templater_upload())), PYTHON_SQL)}
     for kind, (job_id, sql_files) in jobs.items():
-        view = stack.wait_job(job_id, 60)
+        view = pg_stack.wait_job(job_id, 60)
         assert list(markers.iterdir()) == [], "uploaded Python was imported"
         assert view["status"] == "SUCCESS" and view["total_tasks"] == len(sql_files), kind
         # the reference: the sqlfluff CLI, default settings, on a clean copy of the SQL files only
@@ -290,7 +291,7 @@ def test_uploaded_sqlfluff_cannot_run_python(stack, tmp_path):
         expected = cli_lint(clean, "ansi")
         canon = lambda vs: sorted(json.dumps(v, sort_keys=True) for v in vs)  # noqa: E731
         for member, t in by_member(view).items():
-            assert canon(result(stack, t)["violations"]) == canon(expected[member]), (kind, member)
+            assert canon(result(pg_stack, t)["violations"]) == canon(expected[member]), (kind, member)
     assert "PRS" in {v["code"] for v in expected["query.sql"]}  # `{name}` was not rendered by the python templater
     assert list(markers.iterdir()) == []
 
