@@ -180,6 +180,12 @@ def test_warm_shutdown_finishes_the_file_in_flight_and_keeps_the_queue(pg_stack,
 
         wait_until(slow_in_progress, 60, "a_slow.sql in progress")
         if how == "sqlcheckctl-stop":
+            rc, doc = daemon.status()  # the status view while a file is in flight
+            slow_id = next(t["id"] for t in _job_view(pg_stack, job_id)["tasks"] if t["archive_member"] == "a_slow.sql")
+            active = [r["id"] for n, info in doc["nodes"].items() if n.startswith("analysis@") for r in info["active"]]
+            assert rc == 0 and active == [slow_id]
+            assert doc["queues"]["sql_analysis"] == 5
+            assert doc["jobs"]["running"] == [{"job_id": job_id, "done": 0, "total": 6}]
             stopped = daemon.ctl("stop")
             assert stopped.returncode == 0, stopped.stderr
             assert "in flight, will finish first" in stopped.stderr
