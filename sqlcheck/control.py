@@ -244,7 +244,8 @@ def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir
         _spawn_supervisord(plan)
         while not sup.is_up():
             if time.monotonic() > deadline:
-                raise ControlError(f"supervisord did not open {paths.socket} in time; see {paths.log_dir}/supervisord.log")
+                raise ControlError(
+                    f"supervisord did not open {paths.socket} in time; see {paths.log_dir}/supervisord.log")
             time.sleep(0.2)
         say(f"supervisord started (pid {sup.pid()})")
     states = wait_ready(settings, plan, sup, deadline, say)

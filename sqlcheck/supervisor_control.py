@@ -99,7 +99,8 @@ class Supervisor:
         except (FileNotFoundError, ConnectionRefusedError):
             raise ControlError(f"supervisord is not running (nothing listens on {self.socket_path})") from None
         except PermissionError:
-            raise ControlError(f"no permission to use {self.socket_path}: run as the user that started sqlcheck") from None
+            raise ControlError(
+                f"no permission to use {self.socket_path}: run as the user that started sqlcheck") from None
         except socket.timeout:
             raise ControlError(f"supervisord did not answer {method} within {self.timeout_s:.0f} s") from None
         except (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError) as exc:

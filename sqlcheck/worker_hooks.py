@@ -37,7 +37,8 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwa
                 f"linting took longer than {rt.settings.hard_time_limit_s} s (hard limit); the child was killed",
             )
         elif name == EXPAND_TASK:
-            workflow.fail_job(rt, target, f"expanding the archive took longer than {rt.settings.zip_hard_time_limit_s} s")
+            limit = rt.settings.zip_hard_time_limit_s
+            workflow.fail_job(rt, target, f"expanding the archive took longer than {limit} s")
     except Exception:
         log.exception("task=%s could not record the hard time limit", target)
 
