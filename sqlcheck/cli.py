@@ -115,6 +115,8 @@ def submit(
     dialect: Optional[str] = typer.Option(None, help="sqlfluff dialect; default SQLCHECK_DEFAULT_DIALECT"),
     rules: Optional[str] = typer.Option(None, help="comma list of rule codes to run"),
     exclude_rules: Optional[str] = typer.Option(None, help="comma list of rule codes to skip"),
+    option: list[str] = typer.Option([], "--option", "-o", help="KEY=VALUE lint option, repeatable: max_line_length, "
+                                     "tab_space_size, indent_unit, keywords_capitalisation_policy, ... (README)"),
     wait: bool = typer.Option(False, "--wait", help="wait for the job and exit 0 only on SUCCESS"),
     timeout: float = typer.Option(3600, help="seconds to wait with --wait"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
@@ -122,9 +124,12 @@ def submit(
     """Submit a ZIP the way the web service does: share, job row, Celery message."""
     from sqlcheck.client import job_view, submit_zip, wait_for_job
     from sqlcheck.database import Database
+    from sqlcheck.job_config import options_from_pairs
 
     s = settings()
     options = {k: v for k, v in (("rules", rules), ("exclude_rules", exclude_rules)) if v}
+    with user_errors():
+        options.update(options_from_pairs(option))
     with user_errors():
         job_id = submit_zip(s, zip_file, dialect, options or None)
     if not wait:

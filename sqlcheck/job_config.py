@@ -108,6 +108,17 @@ def parse_job_options(raw: str | None) -> dict[str, Any]:
     return {name: check_value(name, value) for name, value in sorted(data.items())}
 
 
+def options_from_pairs(pairs: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (as typed on the command line) as checked job options."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise UserInputError(f"option {pair!r}: expected KEY=VALUE, e.g. max_line_length=120")
+        options[name.strip()] = check_value(name.strip(), value)
+    return options
+
+
 @dataclass
 class UploadedConfig:
     """What the uploaded configuration files contributed, and what was refused."""

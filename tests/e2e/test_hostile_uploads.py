@@ -290,3 +290,35 @@ def test_hostile_upload(hostile_stack, row: Row):
     # no worker process died
     assert worker.proc.poll() is None, "the worker exited"
     assert "exited prematurely" not in worker.log()[log_mark:]
+
+
+def test_job_options_and_the_uploaded_sqlfluff_apply(hostile_stack):
+    """Job options (here from `sqlcheckctl submit -o`) win over the root .sqlfluff, which wins over defaults."""
+    import subprocess
+
+    from tests.helpers import SQLCHECKCTL
+
+    stack, _worker = hostile_stack
+    upload = stack.root / "configured.zip"
+    upload.write_bytes(make_zip({
+        ".sqlfluff": "[sqlfluff]\ndialect = postgres\nexclude_rules = LT09\nmax_line_length = 200\n"
+                     "[sqlfluff:rules:capitalisation.keywords]\ncapitalisation_policy = upper\n",
+        "q.sql": "select a::int, b from t where a = 1 and b = 2 and c = 3\n",
+    }))
+    out = subprocess.run([SQLCHECKCTL, "submit", str(upload), "-o", "max_line_length=30", "--json"],
+                         env=stack.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    job_id = json.loads(out.stdout)["job_id"]
+    JOBS.add(job_id)
+    view = stack.wait_job(job_id, 60)
+    assert view["status"] == "SUCCESS"
+    result = json.loads((stack.share / view["tasks"][0]["result_file_path"]).read_text())
+    codes = {v["code"] for v in result["violations"]}
+    assert result["dialect"] == "postgres"  # `::` parses: the upload's dialect, the job named none
+    assert "LT05" in codes  # the job's max_line_length=30 beat the upload's 200
+    assert "CP01" in codes  # keywords must be upper (from the upload)
+    assert "LT09" not in codes  # excluded by the upload
+    wait_until(lambda: (stack.share / f"jobs/{job_id}/summary.json").exists(), 30, "summary.json")
+    conf = _summary(view, stack.share)["configuration"]
+    assert conf["options"] == {"max_line_length": 30, "exclude_rules": "LT09", "keywords_capitalisation_policy": "upper"}
+    assert conf["from_upload"]["dialect"] == "postgres" and conf["ignored"] == []
