@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -264,6 +265,20 @@ def _finish_jobs(rt, now: datetime, report: ReapReport) -> None:
 # ---- the loop ---------------------------------------------------------------------------
 
 
+def _lead(client: redis.Redis, me: str, ttl_s: int) -> bool:
+    """True while this reaper leads: it took the lock, or holds it and renews it.
+
+    A leader that dies stops renewing; another reaper takes over within ``ttl_s``.
+    """
+    if client.set(REAPER_LOCK, me, nx=True, ex=ttl_s):
+        return True
+    holder = client.get(REAPER_LOCK)
+    if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == me:
+        client.expire(REAPER_LOCK, ttl_s)
+        return True
+    return False
+
+
 def run(rt: Runtime, loop: bool, interval_s: float, stop: Callable[[], bool] = lambda: False) -> ReapReport:
     """One pass, or passes forever (until ``stop()``); only one reaper of the cluster acts per pass.
 
@@ -273,11 +288,12 @@ def run(rt: Runtime, loop: bool, interval_s: float, stop: Callable[[], bool] = l
 
     client = redis.Redis.from_url(rt.settings.broker_url, socket_timeout=10, socket_connect_timeout=5)
     sender = Sender(rt.settings)
+    me = f"{rt.settings.node_name}|{os.getpid()}"
     last = ReapReport()
     while True:
         started = time.monotonic()
         try:
-            if client.set(REAPER_LOCK, "1", nx=True, ex=max(1, int(interval_s * 0.9))) or not loop:
+            if not loop or _lead(client, me, ttl_s=max(2, int(2 * interval_s) + 1)):
                 last = reap_once(rt, client, sender)
                 counters.bump_many(client, counters.REAPER_ACTIONS,  # for the metrics endpoint
                                    {k: v for k, v in vars(last).items() if isinstance(v, int) and k != "skipped"})

@@ -163,3 +163,14 @@ def test_disk_full_while_expanding_fails_the_job_and_cleans_up(tmp_path, redis_u
     assert zipfile.is_zipfile(rt.share.absolute(job.source_path))  # the upload itself is left alone
     assert json.loads(rt.share.absolute(rt.share.summary_rel(job_id)).read_text())["status"] == "FAILED"
     rt.db.engine.dispose()
+
+
+def test_one_reaper_leads_and_another_takes_over(redis_url):
+    _reset_redis(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    assert reaper._lead(client, "a|1", ttl_s=2)
+    assert not reaper._lead(client, "b|2", ttl_s=2)
+    assert reaper._lead(client, "a|1", ttl_s=2)  # the leader renews
+    client.delete(reaper.REAPER_LOCK)  # as if its TTL ran out after the leader died
+    assert reaper._lead(client, "b|2", ttl_s=2)
+    _reset_redis(redis_url)
