@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import functools
 import importlib.metadata
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,12 +68,28 @@ def decode_sql(data: bytes) -> tuple[str, str]:
     return text, encoding
 
 
-def _config_overrides(dialect: str, options: tuple[tuple[str, Any], ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+def rust_parser_available() -> bool:
+    """True when sqlfluffrs (the `sqlfluff[rs]` extra) is installed."""
+    return importlib.util.find_spec("sqlfluffrs") is not None
+
+
+def parser_kind(rust_parser: bool) -> str:
+    """Which parser really runs, with its version: part of the result cache key."""
+    if rust_parser and rust_parser_available():
+        return f"rust-{importlib.metadata.version('sqlfluffrs')}"
+    return "python"
+
+
+def _config_overrides(
+    dialect: str, options: tuple[tuple[str, Any], ...], rust_parser: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Core overrides and nested configs; an option key `a:b:key` sets `[sqlfluff:a:b] key`."""
     overrides: dict[str, Any] = {
         "dialect": dialect,
         # Our own SQLCHECK_MAX_FILE_BYTES decides what is too large, and says so.
         "large_file_skip_byte_limit": 0,
+        # SQLCHECK_RUST_PARSER; sqlfluff falls back to its Python parser when sqlfluffrs is missing
+        "use_rust_parser": "auto" if rust_parser else False,
     }
     configs: dict[str, Any] = {}
     for key, value in options:
@@ -85,13 +102,13 @@ def _config_overrides(dialect: str, options: tuple[tuple[str, Any], ...]) -> tup
 
 
 @functools.lru_cache(maxsize=16)
-def get_linter(dialect: str, options: tuple[tuple[str, Any], ...] = ()):
-    """One Linter per (dialect, options) per process: building one costs ~10% of a small lint."""
+def get_linter(dialect: str, options: tuple[tuple[str, Any], ...] = (), rust_parser: bool = True):
+    """One Linter per (dialect, options, parser) per process: building one costs ~10% of a small lint."""
     from sqlfluff.core import FluffConfig, Linter
     from sqlfluff.core.errors import SQLFluffUserError
 
     try:
-        overrides, configs = _config_overrides(dialect, options)
+        overrides, configs = _config_overrides(dialect, options, rust_parser)
         config = FluffConfig(configs=configs or None, overrides=overrides)
     except SQLFluffUserError as exc:
         raise UserInputError(f"invalid lint configuration: {exc}") from None
@@ -105,16 +122,18 @@ def check_dialect(dialect: str) -> None:
     get_linter(dialect)
 
 
-def warm_up(dialect: str) -> None:
+def warm_up(dialect: str, rust_parser: bool = True) -> None:
     """Load rules and the dialect grammar now, so the first real file does not pay for it."""
-    get_linter(dialect).lint_string("SELECT 1\n", fname="warmup.sql")
+    get_linter(dialect, (), rust_parser).lint_string("SELECT 1\n", fname="warmup.sql")
 
 
-def lint_sql(text: str, member_path: str, dialect: str, options: tuple[tuple[str, Any], ...] = ()) -> LintReport:
+def lint_sql(
+    text: str, member_path: str, dialect: str, options: tuple[tuple[str, Any], ...] = (), rust_parser: bool = True
+) -> LintReport:
     """Lint one file's text; the violations are exactly what `sqlfluff lint --format json` lists."""
     import time
 
-    linter = get_linter(dialect, options)
+    linter = get_linter(dialect, options, rust_parser)
     started = time.perf_counter()
     linted = linter.lint_string(text, fname=member_path)
     violations = sorted(

@@ -100,6 +100,16 @@ class Settings:
     metrics_bind: str = field(
         default="127.0.0.1", metadata=_env("SQLCHECK_METRICS_BIND", "address the Prometheus endpoint listens on")
     )
+    rust_parser: str = field(
+        default="on", metadata=_env("SQLCHECK_RUST_PARSER", "on or off: sqlfluff's Rust parser (sqlfluffrs, `use_rust_parser`); "
+                                    "on falls back to the Python parser when sqlfluffrs is not installed")
+    )
+    result_cache_ttl_s: int = field(
+        default=604_800, metadata=_env("SQLCHECK_RESULT_CACHE_TTL_S", "how long a cached lint result (by content hash) lives in Redis; 0 = cache off, seconds")
+    )
+    result_cache_max_entries: int = field(
+        default=20_000, metadata=_env("SQLCHECK_RESULT_CACHE_MAX_ENTRIES", "most cached lint results kept; the oldest are evicted first")
+    )
     log_level: str = field(default="INFO", metadata=_env("SQLCHECK_LOG_LEVEL", "log level for workers and the CLI"))
     log_format: str = field(default="text", metadata=_env("SQLCHECK_LOG_FORMAT", "text or json (one JSON object per line)"))
 
@@ -175,6 +185,8 @@ def _validate(s: Settings) -> Settings:
             raise ConfigError(f"setting {FIELDS[name].metadata['env']} must be at least 1")
     if s.embedded_redis not in ("auto", "on", "off"):
         raise ConfigError("setting SQLCHECK_EMBEDDED_REDIS must be 'auto', 'on' or 'off'")
+    if s.rust_parser not in ("on", "off"):
+        raise ConfigError("setting SQLCHECK_RUST_PARSER must be 'on' or 'off'")
     if s.log_format not in ("text", "json"):
         raise ConfigError("setting SQLCHECK_LOG_FORMAT must be 'text' or 'json'")
     if not s.broker_url.startswith(("redis://", "rediss://", "unix://")):

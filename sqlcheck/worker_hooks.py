@@ -46,7 +46,8 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwa
 def on_worker_process_init(**_kwargs) -> None:
     """Each new child: build and warm the default dialect's Linter once."""
     try:
-        lint_engine.warm_up(tasks.runtime().settings.default_dialect)
+        settings = tasks.runtime().settings
+        lint_engine.warm_up(settings.default_dialect, settings.rust_parser == "on")
     except Exception:
         log.exception("linter warm-up failed; files will still be linted")
 

@@ -17,8 +17,9 @@ from sqlcheck import repository as repo
 from sqlcheck.archive import ExpansionLimits, expand_zip_safely
 from sqlcheck.database import Database
 from sqlcheck.errors import ArchiveError, FileRejected, UserInputError
-from sqlcheck.lint_engine import check_dialect, decode_sql, lint_sql
+from sqlcheck.lint_engine import LintReport, check_dialect, decode_sql, lint_sql, parser_kind
 from sqlcheck.reports import write_job_sarif
+from sqlcheck.result_cache import CachedResult, ResultCache, cache_key
 from sqlcheck.result_files import (
     read_expansion_notes,
     rule_counts,
@@ -45,10 +46,12 @@ class Runtime:
     settings: Settings
     db: Database
     share: SharePaths
+    result_cache: ResultCache | None = None  # None = every file is linted
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Runtime":
-        return cls(settings, Database(settings.resolved_database_url), SharePaths(settings.resolved_share_root))
+        cache = ResultCache.from_url(settings.broker_url, settings.result_cache_ttl_s, settings.result_cache_max_entries)
+        return cls(settings, Database(settings.resolved_database_url), SharePaths(settings.resolved_share_root), cache)
 
     @property
     def limits(self) -> ExpansionLimits:
@@ -218,25 +221,46 @@ def lint_task(rt: Runtime, task_id: str, hostname: str) -> None:
     log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, member, attempts)
     try:
         data = _read_source(rt, source_rel)
-        text, encoding = decode_sql(data)
-        faults.inject(text)  # test-only; does nothing unless SQLCHECK_ENABLE_FAULTS=1
         dialect, options = lint_settings(rt, job_id, dialect_raw, options_raw)
-        report = lint_sql(text, member, dialect, options)
+        encoding, report, from_cache = _lint_or_cached(rt, data, member, dialect, options)
     except FileRejected as exc:
         record_failure(rt, task_id, exc.reason, str(exc))
         return
     doc = task_result_document(job_id, task_id, member, encoding, dialect, report)
+    doc["from_cache"] = from_cache
     result_rel = write_task_result(rt.share, doc)
     with rt.db.session() as s:
         done = repo.finish_task_success(
             s, task_id, result_rel, len(report.violations), rule_counts(report), encoding, report.duration_s
         )
     if done:
-        log.info("job=%s task=%s SUCCESS: %d violations in %.3fs", job_id, task_id, len(report.violations),
-                 report.duration_s)
+        log.info("job=%s task=%s SUCCESS: %d violations in %.3fs%s", job_id, task_id, len(report.violations),
+                 report.duration_s, " (from the result cache)" if from_cache else "")
     else:
         log.warning("job=%s task=%s finished but the row was already terminal; kept as it was", job_id, task_id)
     finalize_job(rt, job_id)
+
+
+def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options: tuple) -> tuple[str, LintReport, bool]:
+    """(encoding, report, from_cache): the cached result for these bytes and this configuration,
+    or a fresh lint that is then cached. Files carrying a test fault directive are never cached."""
+    import time
+
+    started = time.perf_counter()
+    rust = rt.settings.rust_parser == "on"
+    cache = rt.result_cache
+    if cache is not None and faults.enabled() and b"sqlcheck-fault" in data:
+        cache = None
+    key = cache_key(data, dialect, options, parser_kind(rust)) if cache is not None else None
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None:
+        return hit.encoding, LintReport(hit.violations, hit.parse_errors, time.perf_counter() - started), True
+    text, encoding = decode_sql(data)
+    faults.inject(text)  # test-only; does nothing unless SQLCHECK_ENABLE_FAULTS=1
+    report = lint_sql(text, member, dialect, options, rust)
+    if cache is not None:
+        cache.put(key, CachedResult(report.violations, report.parse_errors, encoding))
+    return encoding, report, False
 
 
 def _read_source(rt: Runtime, source_rel: str | None) -> bytes:

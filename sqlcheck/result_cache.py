@@ -1,0 +1,110 @@
+"""Content-hash result cache: the same bytes linted the same way give the same violations.
+
+Key = sha256(file bytes) + a hash of (dialect, effective sqlfluff options, sqlfluff
+version, parser kind and version). A hit lets a worker write the result file without
+linting: duplicate files inside one ZIP and re-uploads of the same files cost a Redis
+GET instead of a parse.
+
+Bounded, with documented eviction (README "Performance"):
+- every entry expires after SQLCHECK_RESULT_CACHE_TTL_S (0 turns the cache off);
+- an index (sorted set by insertion time) caps the number of entries at
+  SQLCHECK_RESULT_CACHE_MAX_ENTRIES: a write that goes over it evicts the oldest;
+- values are zlib-compressed JSON; a value over MAX_VALUE_BYTES is not cached.
+
+The cache is an optimisation only: any Redis error is a miss (logged), never a failed file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from sqlcheck.lint_engine import SQLFLUFF_VERSION
+
+log = logging.getLogger(__name__)
+
+PREFIX = "sqlcheck:result-cache:"
+INDEX_KEY = PREFIX + "index"
+#: compressed bytes; larger results (thousands of violations) are linted again instead
+MAX_VALUE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    violations: list[dict[str, Any]]
+    parse_errors: int
+    encoding: str
+
+
+def config_fingerprint(dialect: str, options: tuple, parser: str) -> str:
+    """Everything besides the bytes that decides the violations."""
+    material = json.dumps([dialect, [list(o) for o in options], SQLFLUFF_VERSION, parser], default=str)
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
+
+
+def cache_key(content: bytes, dialect: str, options: tuple, parser: str) -> str:
+    return f"{PREFIX}{hashlib.sha256(content).hexdigest()}:{config_fingerprint(dialect, options, parser)}"
+
+
+class ResultCache:
+    """Lint results in Redis, keyed by content and configuration."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int, max_entries: int):
+        self.client, self.ttl_s, self.max_entries = client, ttl_s, max_entries
+
+    @classmethod
+    def from_url(cls, url: str, ttl_s: int, max_entries: int) -> "ResultCache | None":
+        """None when the cache is off (TTL 0 or no entries allowed)."""
+        if ttl_s <= 0 or max_entries <= 0:
+            return None
+        return cls(redis.Redis.from_url(url, socket_timeout=5), ttl_s, max_entries)
+
+    def get(self, key: str) -> CachedResult | None:
+        try:
+            raw = self.client.get(key)
+        except redis.RedisError as exc:
+            log.warning("result cache unavailable (%s); linting instead", exc.__class__.__name__)
+            return None
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(zlib.decompress(raw))
+            return CachedResult(doc["violations"], int(doc["parse_errors"]), doc["encoding"])
+        except (zlib.error, ValueError, KeyError, TypeError):
+            return None  # unreadable entry: treat as a miss; the next put overwrites it
+
+    def put(self, key: str, result: CachedResult) -> bool:
+        """Store a result; evict the oldest entries when over the cap. False if not stored."""
+        doc = {"violations": result.violations, "parse_errors": result.parse_errors, "encoding": result.encoding}
+        value = zlib.compress(json.dumps(doc, separators=(",", ":")).encode("utf-8"), 1)
+        if len(value) > MAX_VALUE_BYTES:
+            return False
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(key, value, ex=self.ttl_s)
+            pipe.zadd(INDEX_KEY, {key: time.time()})
+            pipe.zcard(INDEX_KEY)
+            size = pipe.execute()[-1]
+            if size > self.max_entries:
+                evicted = [k for k, _ in self.client.zpopmin(INDEX_KEY, size - self.max_entries)]
+                if evicted:
+                    self.client.delete(*evicted)
+            # entries expired by TTL leave index members behind; they are popped like any other
+            return True
+        except redis.RedisError as exc:
+            log.warning("result cache write failed (%s); result kept on the share only", exc.__class__.__name__)
+            return False
+
+    def clear(self) -> int:
+        """Drop every entry (the benchmark's cold runs); returns how many keys were removed."""
+        keys = list(self.client.scan_iter(match=PREFIX + "*", count=1000))
+        for start in range(0, len(keys), 1000):
+            self.client.delete(*keys[start:start + 1000])
+        return len(keys)
