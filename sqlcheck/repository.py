@@ -269,6 +269,24 @@ def finish_task_success(
     return result.rowcount == 1
 
 
+def finish_pending_from_cache(session: Session, finished: Sequence[tuple[str, str, int, dict[str, int], str]],
+                              hostname: str) -> int:
+    """(task_id, result path, violations, rule counts, encoding) of never-sent PENDING tasks whose
+    result the cache held -> SUCCESS, in the caller's one transaction. Returns how many changed."""
+    now = utcnow()
+    changed = 0
+    for task_id, result_file_path, violation_count, counts, encoding in finished:
+        changed += session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status == TaskStatus.PENDING.value, Task.dispatched_at.is_(None))
+            .values(status=TaskStatus.SUCCESS.value, result_file_path=result_file_path,
+                    violation_count=violation_count, rule_counts=json.dumps(counts, sort_keys=True),
+                    encoding=encoding, worker_hostname=hostname, started_at=now, finished_at=now, duration_s=0.0)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    return changed
+
+
 def fail_task(session: Session, task_id: str, reason: FailureReason, message: str, encoding: str | None = None) -> bool:
     """Any open task -> FAILURE with a reason; False if it had already ended (idempotent)."""
     result = session.execute(

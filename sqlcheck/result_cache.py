@@ -50,7 +50,22 @@ def config_fingerprint(dialect: str, options: tuple, parser: str) -> str:
 
 
 def cache_key(content: bytes, dialect: str, options: tuple, parser: str) -> str:
-    return f"{PREFIX}{hashlib.sha256(content).hexdigest()}:{config_fingerprint(dialect, options, parser)}"
+    return key_for_digest(hashlib.sha256(content).hexdigest(), dialect, options, parser)
+
+
+def key_for_digest(sha256_hex: str, dialect: str, options: tuple, parser: str) -> str:
+    """The key when the content's SHA-256 is already known (the expansion computes it)."""
+    return f"{PREFIX}{sha256_hex}:{config_fingerprint(dialect, options, parser)}"
+
+
+def _decode(raw: bytes | None) -> CachedResult | None:
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(zlib.decompress(raw))
+        return CachedResult(doc["violations"], int(doc["parse_errors"]), doc["encoding"])
+    except (zlib.error, ValueError, KeyError, TypeError):
+        return None  # unreadable entry: treat as a miss; the next put overwrites it
 
 
 class ResultCache:
@@ -67,18 +82,21 @@ class ResultCache:
         return cls(redis.Redis.from_url(url, socket_timeout=5), ttl_s, max_entries)
 
     def get(self, key: str) -> CachedResult | None:
+        return self.get_many([key]).get(key)
+
+    def get_many(self, keys: list[str]) -> dict[str, CachedResult]:
+        """The hits among ``keys`` (MGET in chunks): one round trip per 1,000 files."""
+        found: dict[str, CachedResult] = {}
         try:
-            raw = self.client.get(key)
+            for start in range(0, len(keys), 1000):
+                chunk = keys[start:start + 1000]
+                for key, raw in zip(chunk, self.client.mget(chunk)):
+                    hit = _decode(raw)
+                    if hit is not None:
+                        found[key] = hit
         except redis.RedisError as exc:
             log.warning("result cache unavailable (%s); linting instead", exc.__class__.__name__)
-            return None
-        if raw is None:
-            return None
-        try:
-            doc = json.loads(zlib.decompress(raw))
-            return CachedResult(doc["violations"], int(doc["parse_errors"]), doc["encoding"])
-        except (zlib.error, ValueError, KeyError, TypeError):
-            return None  # unreadable entry: treat as a miss; the next put overwrites it
+        return found
 
     def put(self, key: str, result: CachedResult) -> bool:
         """Store a result; evict the oldest entries when over the cap. False if not stored."""

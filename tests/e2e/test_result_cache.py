@@ -1,0 +1,72 @@
+"""The content-hash result cache: identical re-uploads are served from it, with identical results."""
+
+import json
+
+import redis
+
+from sqlcheck.result_cache import INDEX_KEY, CachedResult, ResultCache, cache_key
+from tests.helpers import make_zip
+
+FILES = {
+    "a.sql": "select a,b from t\n",
+    "dir/b.sql": "SELECT id FROM orders WHERE amount>3\n",
+    "dir/same_as_a.sql": "select a,b from t\n",
+    "clean.sql": "SELECT 1\n",
+}
+
+
+def test_cache_key_changes_with_content_dialect_options_and_parser():
+    base = cache_key(b"SELECT 1\n", "ansi", (), "python")
+    assert base == cache_key(b"SELECT 1\n", "ansi", (), "python")
+    others = {
+        cache_key(b"SELECT 2\n", "ansi", (), "python"),
+        cache_key(b"SELECT 1\n", "postgres", (), "python"),
+        cache_key(b"SELECT 1\n", "ansi", (("rules", "LT01"),), "python"),
+        cache_key(b"SELECT 1\n", "ansi", (("exclude_rules", "LT01"),), "python"),
+        cache_key(b"SELECT 1\n", "ansi", (), "rust-4.5.0"),
+    }
+    assert base not in others and len(others) == 5
+
+
+def test_cache_is_capped_and_evicts_the_oldest(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    cache = ResultCache(client, ttl_s=60, max_entries=3)
+    keys = [cache_key(f"SELECT {i}\n".encode(), "ansi", (), "python") for i in range(5)]
+    for i, key in enumerate(keys):
+        assert cache.put(key, CachedResult([{"code": "LT01", "n": i}], 0, "utf-8"))
+    assert client.zcard(INDEX_KEY) == 3
+    assert cache.get(keys[0]) is None and cache.get(keys[1]) is None
+    assert cache.get(keys[4]).violations == [{"code": "LT01", "n": 4}]
+    assert 0 < client.ttl(keys[4]) <= 60
+
+
+def _results(stack, view):
+    docs = {}
+    for t in view["tasks"]:
+        docs[t["archive_member"]] = json.loads((stack.share / t["result_file_path"]).read_text())
+    return docs
+
+
+def test_identical_resubmission_is_served_from_the_cache(pg_stack):
+    pg_stack.start_worker()
+    zip_bytes = make_zip(FILES)
+    first = pg_stack.wait_job(pg_stack.submit(zip_bytes), 60)
+    assert first["status"] == "SUCCESS" and first["succeeded_tasks"] == 4
+    first_docs = _results(pg_stack, first)
+    assert not first_docs["a.sql"]["from_cache"] and not first_docs["dir/b.sql"]["from_cache"]
+
+    second = pg_stack.wait_job(pg_stack.submit(zip_bytes), 60)
+    assert second["status"] == "SUCCESS" and second["succeeded_tasks"] == 4
+    second_docs = _results(pg_stack, second)
+    assert all(doc["from_cache"] for doc in second_docs.values())
+    for member, doc in first_docs.items():
+        assert second_docs[member]["violations"] == doc["violations"], member
+        assert second_docs[member]["encoding"] == doc["encoding"]
+    assert second_docs["a.sql"]["violation_count"] == 2  # really the lint result, not an empty one
+    # served at expansion: no lint message was sent for them
+    assert all(t["dispatched_at"] is None for t in second["tasks"])
+
+    # another dialect is another key: linted again, not served from the cache
+    third = pg_stack.wait_job(pg_stack.submit(zip_bytes, dialect="postgres"), 60)
+    assert third["status"] == "SUCCESS"
+    assert not any(doc["from_cache"] for doc in _results(pg_stack, third).values() if doc["archive_member"] != "dir/same_as_a.sql")
