@@ -16,7 +16,10 @@ death deterministically. Directives:
 - ``alloc_mb=N``: grow this process by N MiB (touched, so it is resident), then hold it ``hold_s`` (default 10);
 - ``leak_mb=N``: grow this process by N MiB and keep it after the file (a leak), so the
   idle child stays big and gets recycled;
-- ``kill_self=1``: SIGKILL this child, as the kernel OOM killer would.
+- ``kill_self=1``: SIGKILL this child, as the kernel OOM killer would;
+- ``redis_errors=N``: raise a real ``redis.exceptions.ConnectionError`` in the first N
+  deliveries of this task (counted in Redis, key ``sqlcheck:fault:<task id>``, so retries in
+  any child or worker see the count), as a Redis outage during the lint would.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Fault:
     hold_s: float = 10.0
     leak_mb: int = 0
     kill_self: bool = False
+    redis_errors: int = 0
 
 
 def enabled() -> bool:
@@ -69,6 +73,7 @@ def parse(sql: str) -> Fault | None:
         hold_s=float(values.get("hold_s", 10)),
         leak_mb=int(values.get("leak_mb", 0)),
         kill_self=values.get("kill_self", "0") == "1",
+        redis_errors=int(values.get("redis_errors", 0)),
     )
 
 
@@ -97,7 +102,21 @@ def _allocate(mb: int, hold_s: float) -> None:
 _leaked: list[bytes] = []
 
 
-def inject(sql: str) -> None:
+def _raise_redis_error(limit: int, task_id: str, redis_url: str) -> None:
+    """The first `limit` deliveries of the task fail as if Redis were unreachable."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        delivery = client.incr(f"sqlcheck:fault:{task_id}")
+        client.expire(f"sqlcheck:fault:{task_id}", 3600)
+    finally:
+        client.close()
+    if delivery <= limit:
+        raise redis.exceptions.ConnectionError(f"injected fault: Redis unreachable (delivery {delivery} of {limit})")
+
+
+def inject(sql: str, task_id: str = "", redis_url: str = "") -> None:
     """Apply the file's directive when faults are enabled; otherwise do nothing at all."""
     if not enabled():
         return
@@ -105,6 +124,8 @@ def inject(sql: str) -> None:
     if fault is None:
         return
     log.warning("fault injected (test only): %s", fault)
+    if fault.redis_errors:
+        _raise_redis_error(fault.redis_errors, task_id, redis_url)
     if fault.kill_self:
         os.kill(os.getpid(), signal.SIGKILL)
     if fault.leak_mb:

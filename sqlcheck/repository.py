@@ -253,6 +253,18 @@ def claim_task(session: Session, task_id: str, hostname: str, max_attempts: int)
     return result.rowcount == 1
 
 
+def give_back_attempt(session: Session, task_id: str) -> bool:
+    """IN_PROGRESS keeps its status but not the attempt just counted: the task is retrying an
+    outage, which must not use up the attempts that bound worker deaths."""
+    result = session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.IN_PROGRESS.value, Task.attempts > 0)
+        .values(attempts=Task.attempts - 1)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
 def finish_task_success(
     session: Session, task_id: str, result_file_path: str, violation_count: int, rule_counts: dict[str, int],
     encoding: str, duration_s: float,

@@ -114,7 +114,7 @@ def process_sql_file(self, task_id: str, transient_retries: int = 0) -> None:
         # three waits; "always one more" keeps it until the holder ends or its lock expires (TTL).
         raise self.retry(countdown=rt.settings.lock_retry_delay_s, max_retries=more)
     try:
-        workflow.lint_task(rt, task_id, hostname)
+        workflow.lint_task(rt, task_id, hostname, outage_retried=transient_retries < rt.settings.max_retries)
     except SoftTimeLimitExceeded:
         workflow.record_failure(
             rt, task_id, FailureReason.TIMEOUT, f"linting took longer than {rt.settings.soft_time_limit_s} s (soft limit)"

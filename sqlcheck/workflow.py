@@ -19,6 +19,7 @@ from sqlcheck.database import Database
 from sqlcheck.errors import ArchiveError, FileRejected, UserInputError
 from sqlcheck.lint_engine import LintReport, check_dialect, decode_sql, lint_sql, parser_kind
 from sqlcheck.reports import write_job_sarif
+from sqlcheck.retries import is_transient
 from sqlcheck.result_cache import CachedResult, ResultCache, cache_key, key_for_digest
 from sqlcheck.result_files import (
     read_expansion_notes,
@@ -227,8 +228,12 @@ def fail_job(rt: Runtime, job_id: str, message: str) -> None:
 # ---- lint one file ---------------------------------------------------------------
 
 
-def lint_task(rt: Runtime, task_id: str, hostname: str) -> None:
-    """Claim the task, lint its file, write the result, record it; finalize the job if last."""
+def lint_task(rt: Runtime, task_id: str, hostname: str, outage_retried: bool = False) -> None:
+    """Claim the task, lint its file, write the result, record it; finalize the job if last.
+
+    `outage_retried`: the caller will retry a transient error, so this delivery's attempt is
+    given back when one ends it.
+    """
     with rt.db.session() as s:
         task = repo.get_task(s, task_id)
         if task is None:
@@ -250,9 +255,31 @@ def lint_task(rt: Runtime, task_id: str, hostname: str) -> None:
         return
     log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, member, attempts)
     try:
+        _lint_claimed(rt, job_id, task_id, member, source_rel, dialect_raw, options_raw)
+    except Exception as exc:
+        if outage_retried and is_transient(exc):
+            _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
+        raise
+
+
+def _give_back_attempt(rt: Runtime, task_id: str) -> None:
+    """Un-count this delivery's attempt, so that retries of an outage never end the file as
+    `worker_lost` (SQLCHECK_MAX_ATTEMPTS bounds worker deaths only). Best effort: if the
+    database is the outage, the attempt stays counted."""
+    try:
+        with rt.db.session() as s:
+            repo.give_back_attempt(s, task_id)
+    except Exception as exc:  # noqa: BLE001 - the transient error itself is what the caller reports
+        log.warning("task=%s attempt not given back (%s)", task_id, exc.__class__.__name__)
+
+
+def _lint_claimed(rt: Runtime, job_id: str, task_id: str, member: str, source_rel: str | None,
+                  dialect_raw: str | None, options_raw: str | None) -> None:
+    """The part of lint_task after the claim: lint (or take from the cache), write, record."""
+    try:
         data = _read_source(rt, source_rel)
         dialect, options = lint_settings(rt, job_id, dialect_raw, options_raw)
-        encoding, report, from_cache = _lint_or_cached(rt, data, member, dialect, options)
+        encoding, report, from_cache = _lint_or_cached(rt, data, member, dialect, options, task_id)
     except FileRejected as exc:
         record_failure(rt, task_id, exc.reason, str(exc))
         return
@@ -271,7 +298,8 @@ def lint_task(rt: Runtime, task_id: str, hostname: str) -> None:
     finalize_job(rt, job_id)
 
 
-def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options: tuple) -> tuple[str, LintReport, bool]:
+def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options: tuple,
+                    task_id: str = "") -> tuple[str, LintReport, bool]:
     """(encoding, report, from_cache): the cached result for these bytes and this configuration,
     or a fresh lint that is then cached. Files carrying a test fault directive are never cached."""
     import time
@@ -286,7 +314,7 @@ def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options
     if hit is not None:
         return hit.encoding, LintReport(hit.violations, hit.parse_errors, time.perf_counter() - started), True
     text, encoding = decode_sql(data)
-    faults.inject(text)  # test-only; does nothing unless SQLCHECK_ENABLE_FAULTS=1
+    faults.inject(text, task_id, rt.settings.broker_url)  # test-only; does nothing unless SQLCHECK_ENABLE_FAULTS=1
     report = lint_sql(text, member, dialect, options, rust)
     if cache is not None:
         cache.put(key, CachedResult(report.violations, report.parse_errors, encoding))

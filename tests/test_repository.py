@@ -179,6 +179,22 @@ def test_claim_task_is_conditional_and_counts_attempts(db):
     assert not claim(db, tid, max_attempts=99)  # terminal rows are never claimed again
 
 
+def test_give_back_attempt_only_uncounts_a_running_task(db):
+    job_id = new_job(db, ["a.sql"])
+    tid = task_id(job_id, "a.sql")
+    with db.session() as s:
+        assert not repo.give_back_attempt(s, tid)  # PENDING, nothing counted yet
+    for _ in range(3):  # three deliveries retrying an outage: each claims, then gives its attempt back
+        assert claim(db, tid, max_attempts=1)
+        with db.session() as s:
+            assert repo.give_back_attempt(s, tid)
+    assert task_row(db, tid).attempts == 0
+    assert claim(db, tid, max_attempts=1) and succeed(db, tid)
+    with db.session() as s:
+        assert not repo.give_back_attempt(s, tid)  # terminal rows keep their count
+    assert task_row(db, tid).attempts == 1
+
+
 def test_finish_is_conditional_first_ending_wins(db):
     job_id = new_job(db, ["a.sql", "b.sql"])
     a, b = task_id(job_id, "a.sql"), task_id(job_id, "b.sql")

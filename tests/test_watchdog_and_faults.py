@@ -23,6 +23,7 @@ def test_fault_directives_parse_and_typos_are_refused():
     fault = faults.parse("-- sqlcheck-fault: sleep_s=30 ignore_soft=1\nSELECT 1")
     assert fault.sleep_s == 30 and fault.ignore_soft and not fault.kill_self
     assert faults.parse("--sqlcheck-fault: alloc_mb=800").alloc_mb == 800
+    assert faults.parse("-- sqlcheck-fault: redis_errors=3\nSELECT 1").redis_errors == 3
     with pytest.raises(ValueError, match="sleep"):
         faults.parse("-- sqlcheck-fault: sleep=3")
 
