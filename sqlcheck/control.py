@@ -186,7 +186,7 @@ def wait_ready(settings: Settings, plan: RenderPlan, sup: Supervisor, deadline: 
         fatal = [n for n, st in states.items() if st == "FATAL"]
         if fatal:
             raise ControlError(f"program {fatal[0]} could not start ({procs[fatal[0]].description}); "
-                               f"last lines of its log:\n{_tail(sup, fatal[0])}")
+                               f"last lines of {fatal[0]}'s log:\n{_tail(sup, fatal[0])}")
         waiting = [f"{n} is {st}" for n, st in states.items() if st != "RUNNING"]
         if not waiting:
             answered = _ping(settings, nodes)

@@ -64,8 +64,10 @@ def private_redis(tmp_path_factory):
 
 def test_duplicate_delivery_waits_for_the_lock_and_lints_once(pg_stack):
     pg_stack.env["SQLCHECK_LOCK_RETRY_DELAY_S"] = "1"
+    pg_stack.env["SQLCHECK_ENABLE_FAULTS"] = "1"
     w = pg_stack.start_worker(queues="zip_processing,sql_analysis", concurrency=2)
-    job_id = pg_stack.submit(make_zip({"slow.sql": SLOW_SQL * 2}))  # ~6 s: more waits than Celery's default 3
+    # 10 s whatever the parser's speed: far more 1 s waits than Celery's default 3 retries
+    job_id = pg_stack.submit(make_zip({"slow.sql": "-- sqlcheck-fault: sleep_s=10\nSELECT 1\n"}))
     task = wait_until(lambda: (v := _view(pg_stack, job_id)) and v["tasks"] and v["tasks"][0]["status"] == "IN_PROGRESS"
                       and v["tasks"][0], 60, "the slow task running")
     Sender(pg_stack.settings).lint([task["id"]])  # the same message again, by name, while it runs
