@@ -16,10 +16,10 @@ VENV_BIN = Path(sys.executable).parent
 SQLCHECKCTL = str(VENV_BIN / "sqlcheckctl")
 
 
-def make_zip(entries: dict[str, bytes | str], **zinfo_kw) -> bytes:
+def make_zip(entries: dict[str, bytes | str], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     """A ZIP in memory from {member name: content}."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", compression) as zf:
         for name, data in entries.items():
             zf.writestr(name, data.encode() if isinstance(data, str) else data)
     return buf.getvalue()

@@ -15,16 +15,16 @@ SQLCHECK_MAX_FILE_BYTES), so the two cannot be compared on those files.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import make_zip
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_CORPUS = REPO.parent / "shared" / "corpus" / "sqlfluff-dialect-fixtures"
@@ -37,14 +37,6 @@ DIALECTS = ("ansi", "postgres", "mysql")
 def corpus_files(root: Path, dialect: str) -> dict[str, bytes]:
     return {p.relative_to(root / dialect).as_posix(): p.read_bytes()
             for p in sorted((root / dialect).rglob("*.sql")) if p.stat().st_size < CLI_SIZE_LIMIT}
-
-
-def zip_of(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def cli_findings(files: dict[str, bytes], dialect: str, workdir: Path) -> dict[str, set[tuple]]:
@@ -75,7 +67,7 @@ def our_findings(stack, view: dict) -> dict[str, set[tuple]]:
 def check_fidelity(stack, corpus: dict[str, dict[str, bytes]], workdir: Path) -> int:
     """Submit one job per dialect, then compare every file with the CLI; returns files compared."""
     stack.start_worker(concurrency=2)
-    jobs = {dialect: stack.submit(zip_of(files), dialect=dialect) for dialect, files in corpus.items()}
+    jobs = {dialect: stack.submit(make_zip(files), dialect=dialect) for dialect, files in corpus.items()}
     mismatches = []
     compared = 0
     for dialect, job_id in jobs.items():

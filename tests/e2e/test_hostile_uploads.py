@@ -92,11 +92,7 @@ def with_duplicates() -> bytes:
 
 
 def stored(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+    return make_zip(entries, compression=zipfile.ZIP_STORED)
 
 
 EVIL_MODULE = f"import pathlib\npathlib.Path({str(MARKER)!r}).write_text('pwned')\n"
