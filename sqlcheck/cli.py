@@ -122,7 +122,7 @@ def submit(
     as_json: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Submit a ZIP the way the web service does: share, job row, Celery message."""
-    from sqlcheck.client import job_view, submit_zip, wait_for_job
+    from sqlcheck.client import job_view, submit_zip
     from sqlcheck.database import Database
     from sqlcheck.job_config import options_from_pairs
 

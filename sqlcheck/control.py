@@ -32,7 +32,7 @@ from sqlcheck.supervisor_config import (
     venv_bin_dir,
     wants_embedded_redis,
 )
-from sqlcheck.supervisor_control import ALREADY_STARTED, NOT_RUNNING, ProcessInfo, Supervisor, SupervisorFault
+from sqlcheck.supervisor_control import ALREADY_STARTED, NOT_RUNNING, Supervisor, SupervisorFault
 
 Say = Callable[[str], None]
 QUEUES = ("zip_processing", "sql_analysis")
