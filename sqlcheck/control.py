@@ -32,7 +32,7 @@ from sqlcheck.supervisor_config import (
     venv_bin_dir,
     wants_embedded_redis,
 )
-from sqlcheck.supervisor_control import ALREADY_STARTED, NOT_RUNNING, Supervisor, SupervisorFault
+from sqlcheck.supervisor_control import ALREADY_STARTED, NOT_RUNNING, STOPPED_STATES, Supervisor, SupervisorFault
 
 Say = Callable[[str], None]
 QUEUES = ("zip_processing", "sql_analysis")
@@ -221,7 +221,7 @@ def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir
         if config_differs(plan):
             say("note: the settings differ from the running configuration; `sqlcheckctl reload` applies them")
         for p in sup.processes():
-            if p.state in ("STOPPED", "EXITED", "FATAL"):
+            if p.state in STOPPED_STATES:
                 say(f"starting {p.full_name}")
                 try:
                     sup.start_process(p.full_name, wait=False)
@@ -278,7 +278,7 @@ def _in_flight(settings: Settings, nodes: list[str]) -> list[str]:
 def _wait_group_stopped(sup: Supervisor, group: str, deadline: float, say: Say) -> bool:
     last = None
     while True:
-        busy = [p for p in sup.processes() if p.group == group and p.state not in ("STOPPED", "EXITED", "FATAL")]
+        busy = [p for p in sup.processes() if p.group == group and p.state not in STOPPED_STATES]
         if not busy:
             return True
         names = ", ".join(f"{p.full_name} ({p.state})" for p in busy)
@@ -368,7 +368,7 @@ def restart(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_d
             if exc.code != NOT_RUNNING:
                 raise
         deadline = time.monotonic() + spec.stopwaitsecs + 15
-        while sup.process(name).state not in ("STOPPED", "EXITED", "FATAL"):
+        while sup.process(name).state not in STOPPED_STATES:
             if time.monotonic() > deadline:
                 raise ControlError(f"{name} did not stop within {spec.stopwaitsecs + 15} s")
             time.sleep(0.3)
@@ -510,7 +510,7 @@ def overall_state(doc: dict[str, Any]) -> str:
     if "error" in sup:
         return "unknown" if sup.get("pid") else "stopped"
     states = [p["state"] for p in doc["programs"]]
-    if not states or all(st in ("STOPPED", "EXITED", "FATAL") for st in states):
+    if not states or all(st in STOPPED_STATES for st in states):
         return "stopped"
     if all(st == "RUNNING" for st in states) and all(n["ping"] for n in doc["nodes"].values()):
         return "running"
