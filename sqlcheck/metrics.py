@@ -39,6 +39,9 @@ DURATION_EDGES = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 1
 #: kombu's Redis transport keeps priority messages in extra lists named <queue>\x06\x16<priority>
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 QUEUES = (ZIP_QUEUE, ANALYSIS_QUEUE)
+#: how long the exporter waits on one client's socket, and how often its loop looks for a stop
+REQUEST_TIMEOUT_S = 10.0
+STOP_POLL_S = 0.5
 
 
 # ---- worker processes (psutil) ----------------------------------------------------------
@@ -233,12 +236,19 @@ def exposition(settings: Settings) -> str:
 
 
 def serve(settings: Settings, port: int, bind: str) -> None:
-    """Serve /metrics in the foreground, one scrape at a time, until SIGTERM/SIGINT."""
+    """Serve /metrics in the foreground, one scrape at a time, until SIGTERM/SIGINT.
+
+    The signal only sets a flag that the loop checks between requests: raising from the
+    handler could land inside a scrape, where wsgiref's catch-all turns it into a 500 and
+    keeps serving (a stop that never happened). A scrape in flight is answered first.
+    """
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     from prometheus_client import make_wsgi_app
 
     class QuietHandler(WSGIRequestHandler):
+        timeout = REQUEST_TIMEOUT_S  # a client that connects and sends nothing cannot hold the stop
+
         def log_message(self, format, *args):  # noqa: A002 - one access line per scrape is noise
             pass
 
@@ -249,12 +259,14 @@ def serve(settings: Settings, port: int, bind: str) -> None:
 
         raise ConfigError(f"setting SQLCHECK_METRICS_PORT: cannot listen on {bind}:{port}: {exc.strerror}") from None
 
-    def stop(signum, _frame):
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
+    stop_requested: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, _frame: stop_requested.append(signum))
+    httpd.timeout = STOP_POLL_S
     log.info("metrics endpoint listening on http://%s:%d/metrics", bind, httpd.server_port)
     try:
-        httpd.serve_forever()
+        while not stop_requested:
+            httpd.handle_request()
     finally:
         httpd.server_close()
+    log.info("metrics endpoint stopped (signal %d)", stop_requested[0])

@@ -266,3 +266,36 @@ def test_a_source_that_is_down_is_reported_not_fatal(stack):
     assert value(samples, "sqlcheck_scrape_error", source="database") == 0
     assert value(samples, "sqlcheck_jobs", status="SUCCESS") == 0
     assert "sqlcheck_queue_depth" not in samples
+
+
+@pytest.mark.parametrize("stack", ["postgresql"], indirect=True)
+def test_sigterm_during_a_scrape_lets_it_finish_then_exits(stack, exporter):
+    """A stop that lands mid-scrape must not be swallowed by the HTTP server (it once was: a hang)."""
+    from sqlalchemy import text
+
+    db = stack.db()
+    with db.engine.connect() as locker:  # the scrape's first query waits on this lock
+        locker.execute(text("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE"))
+        got: dict = {}
+        client = threading.Thread(target=lambda: got.update(text=exporter.scrape_text()), daemon=True)
+        client.start()
+        wait_until(lambda: locker.execute(text(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'tasks'::regclass AND NOT granted")).scalar(), 30,
+            "the scrape waiting on the tasks table")
+        exporter.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # let the signal land while the query is still blocked
+        assert exporter.proc.poll() is None, "the exporter dropped a scrape in flight"
+        locker.rollback()
+    client.join(30)
+    assert "sqlcheck_files_linted_total" in got.get("text", ""), "the scrape in flight was not answered"
+    assert exporter.proc.wait(15) == 0
+
+
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
+def test_a_silent_client_cannot_hold_the_stop(stack, exporter):
+    from sqlcheck.metrics import REQUEST_TIMEOUT_S
+
+    with socket.create_connection(("127.0.0.1", exporter.port)):  # connects, never sends a request
+        time.sleep(0.5)  # the server is now reading this client's request line
+        exporter.proc.send_signal(signal.SIGTERM)
+        assert exporter.proc.wait(REQUEST_TIMEOUT_S + 10) == 0
