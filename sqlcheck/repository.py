@@ -14,7 +14,11 @@ from datetime import datetime
 from typing import Iterable, Sequence
 
 from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+
+#: the per-file hot path runs on an autocommit Connection, everything else on a Session
+Executor = Session | Connection
 
 from sqlcheck.models import Job, Task, utcnow
 from sqlcheck.states import TERMINAL_JOB_STATES, TERMINAL_TASK_STATES, FailureReason, JobStatus, TaskStatus
@@ -241,16 +245,39 @@ def list_tasks(session: Session, job_id: str) -> list[Task]:
     return list(session.scalars(select(Task).where(Task.job_id == job_id).order_by(Task.archive_member)))
 
 
-def claim_task(session: Session, task_id: str, hostname: str, max_attempts: int) -> bool:
-    """PENDING (or IN_PROGRESS left by a dead child) -> IN_PROGRESS, counting the attempt."""
-    result = session.execute(
+@dataclass(frozen=True)
+class ClaimedTask:
+    """What linting a claimed task needs from its row (read in the claiming statement)."""
+
+    job_id: str
+    archive_member: str
+    source_file_path: str | None
+    attempts: int  # including this one
+
+
+def claim_task(db: Executor, task_id: str, hostname: str, max_attempts: int) -> ClaimedTask | None:
+    """PENDING (or IN_PROGRESS left by a dead child) -> IN_PROGRESS, counting the attempt.
+
+    None when the row is missing, already ended, or out of attempts (get_task tells which).
+    """
+    row = db.execute(
         update(Task)
         .where(Task.id == task_id, Task.status.in_(_OPEN_TASKS), Task.attempts < max_attempts)
         .values(status=TaskStatus.IN_PROGRESS.value, attempts=Task.attempts + 1,
                 started_at=utcnow(), worker_hostname=hostname)
+        .returning(Task.job_id, Task.archive_member, Task.source_file_path, Task.attempts)
         .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
+    ).first()
+    return ClaimedTask(*row) if row is not None else None
+
+
+def job_lint_columns(db: Executor, job_id: str) -> tuple[str | None, str | None]:
+    """(dialect, options) as the web service stored them; they never change after insert."""
+    return tuple(db.execute(select(Job.dialect, Job.options).where(Job.id == job_id)).one())
+
+
+def job_has_open_tasks(db: Executor, job_id: str) -> bool:
+    return db.execute(select(exists().where(Task.job_id == job_id, Task.status.in_(_OPEN_TASKS)))).scalar()
 
 
 def give_back_attempt(session: Session, task_id: str) -> bool:
@@ -266,11 +293,11 @@ def give_back_attempt(session: Session, task_id: str) -> bool:
 
 
 def finish_task_success(
-    session: Session, task_id: str, result_file_path: str, violation_count: int, rule_counts: dict[str, int],
+    db: Executor, task_id: str, result_file_path: str, violation_count: int, rule_counts: dict[str, int],
     encoding: str, duration_s: float,
 ) -> bool:
     """IN_PROGRESS -> SUCCESS; False if someone else already ended it."""
-    result = session.execute(
+    result = db.execute(
         update(Task)
         .where(Task.id == task_id, Task.status == TaskStatus.IN_PROGRESS.value)
         .values(status=TaskStatus.SUCCESS.value, result_file_path=result_file_path,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from sqlcheck import faults, job_config
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: sends one lint message per task id; provided by the Celery layer
 SendLintMessages = Callable[[Sequence[str]], None]
+#: jobs whose (dialect, options) a process remembers before it starts over
+JOB_COLUMNS_KEPT = 1024
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Runtime:
     db: Database
     share: SharePaths
     result_cache: ResultCache | None = None  # None = every file is linted
+    job_columns: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # see _job_lint_columns
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Runtime":
@@ -234,32 +237,47 @@ def lint_task(rt: Runtime, task_id: str, hostname: str, outage_retried: bool = F
     `outage_retried`: the caller will retry a transient error, so this delivery's attempt is
     given back when one ends it.
     """
-    with rt.db.session() as s:
-        task = repo.get_task(s, task_id)
-        if task is None:
-            log.error("task=%s lint: no such task row; message dropped", task_id)
-            return
-        job_id = task.job_id
-        if task.status in {t.value for t in TERMINAL_TASK_STATES}:
-            log.info("job=%s task=%s already %s; duplicate message ignored", job_id, task_id, task.status)
-            return
-        claimed = repo.claim_task(s, task_id, hostname, rt.settings.max_attempts)
-        job = repo.get_job(s, job_id)
-        dialect_raw, options_raw = job.dialect, job.options
-        member, source_rel, attempts = task.archive_member, task.source_file_path, task.attempts + 1
-    if not claimed:
-        record_failure(
-            rt, task_id, FailureReason.WORKER_LOST,
-            f"gave up after {rt.settings.max_attempts} attempts: the worker died while linting this file each time",
-        )
+    with rt.db.autocommit() as conn:
+        claimed = repo.claim_task(conn, task_id, hostname, rt.settings.max_attempts)
+        if claimed is not None:
+            dialect_raw, options_raw = _job_lint_columns(rt, conn, claimed.job_id)
+    if claimed is None:
+        _not_claimed(rt, task_id)
         return
-    log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, member, attempts)
+    job_id = claimed.job_id
+    log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, claimed.archive_member, claimed.attempts)
     try:
-        _lint_claimed(rt, job_id, task_id, member, source_rel, dialect_raw, options_raw)
+        _lint_claimed(rt, job_id, task_id, claimed.archive_member, claimed.source_file_path, dialect_raw, options_raw)
     except Exception as exc:
         if outage_retried and is_transient(exc):
             _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
         raise
+
+
+def _job_lint_columns(rt: Runtime, conn, job_id: str) -> tuple[str | None, str | None]:
+    """The job's (dialect, options), read once per job per process: they never change."""
+    found = rt.job_columns.get(job_id)
+    if found is None:
+        if len(rt.job_columns) >= JOB_COLUMNS_KEPT:
+            rt.job_columns.clear()
+        found = rt.job_columns[job_id] = repo.job_lint_columns(conn, job_id)
+    return found
+
+
+def _not_claimed(rt: Runtime, task_id: str) -> None:
+    """Say why a delivery could not claim its task: gone, already ended, or out of attempts."""
+    with rt.db.session() as s:
+        task = repo.get_task(s, task_id)
+        status, job_id = (task.status, task.job_id) if task is not None else (None, None)
+    if task is None:
+        log.error("task=%s lint: no such task row; message dropped", task_id)
+    elif status in {t.value for t in TERMINAL_TASK_STATES}:
+        log.info("job=%s task=%s already %s; duplicate message ignored", job_id, task_id, status)
+    else:
+        record_failure(
+            rt, task_id, FailureReason.WORKER_LOST,
+            f"gave up after {rt.settings.max_attempts} attempts: the worker died while linting this file each time",
+        )
 
 
 def _give_back_attempt(rt: Runtime, task_id: str) -> None:
@@ -286,16 +304,20 @@ def _lint_claimed(rt: Runtime, job_id: str, task_id: str, member: str, source_re
     doc = task_result_document(job_id, task_id, member, encoding, dialect, report)
     doc["from_cache"] = from_cache
     result_rel = write_task_result(rt.share, doc)
-    with rt.db.session() as s:
+    with rt.db.autocommit() as conn:
         done = repo.finish_task_success(
-            s, task_id, result_rel, len(report.violations), rule_counts(report), encoding, report.duration_s
+            conn, task_id, result_rel, len(report.violations), rule_counts(report), encoding, report.duration_s
         )
+        # Asked after our own commit: of the last two finishers, the later one sees the other's
+        # commit, so at least one of them finalizes (and finalize_job lets only one win).
+        last = not repo.job_has_open_tasks(conn, job_id)
     if done:
         log.info("job=%s task=%s SUCCESS: %d violations in %.3fs%s", job_id, task_id, len(report.violations),
                  report.duration_s, " (from the result cache)" if from_cache else "")
     else:
         log.warning("job=%s task=%s finished but the row was already terminal; kept as it was", job_id, task_id)
-    finalize_job(rt, job_id)
+    if last:
+        finalize_job(rt, job_id)
 
 
 def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options: tuple,

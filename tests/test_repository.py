@@ -72,7 +72,7 @@ def task_row(db: Database, tid: str):
 
 def claim(db, tid, max_attempts=3) -> bool:
     with db.session() as s:
-        return repo.claim_task(s, tid, "host-1", max_attempts)
+        return repo.claim_task(s, tid, "host-1", max_attempts) is not None
 
 
 def succeed(db, tid) -> bool:
