@@ -141,6 +141,7 @@ def expand_zip_safely(zip_path: Path, dest: Path, limits: ExpansionLimits) -> Ex
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ArchiveError(f"not a valid ZIP archive: {exc}") from None
     result = Expansion()
+    writer = SourceWriter(dest)
     with zf:
         infos = zf.infolist()
         if not infos:
@@ -158,17 +159,42 @@ def expand_zip_safely(zip_path: Path, dest: Path, limits: ExpansionLimits) -> Ex
                     result.skipped.append({"member": name, "reason": reason})
                 continue
             result.members.append(
-                _expand_member(zf, info, name, dest, limits, seen, limits.max_total_bytes - result.total_bytes)
+                _expand_member(zf, info, name, writer, limits, seen, limits.max_total_bytes - result.total_bytes)
             )
             result.total_bytes += result.members[-1].size
     return result
+
+
+class SourceWriter:
+    """Where members go under ``dest``: each folder is created and checked once per archive.
+
+    Checking the folder (resolved, symlinks included) is enough: the file itself is
+    written by rename, which never follows a link planted at its name.
+    """
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        self._checked: dict[str, Path] = {}
+
+    def target(self, rel: str) -> Path:
+        folder, _, filename = rel.rpartition("/")
+        parent = self._checked.get(folder)
+        if parent is None:
+            parent = resolve_inside(self.dest, folder) if folder else self.dest.resolve()
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                pass  # a file of the archive has this folder's name: the write reports it
+            parent = resolve_inside(self.dest, folder) if folder else parent  # created: check what it is now
+            self._checked[folder] = parent
+        return parent / filename
 
 
 def _expand_member(
     zf: zipfile.ZipFile,
     info: zipfile.ZipInfo,
     name: str,
-    dest: Path,
+    writer: SourceWriter,
     limits: ExpansionLimits,
     seen: set[str],
     budget: int,
@@ -185,7 +211,7 @@ def _expand_member(
         return ArchiveMember(name, rel, rejected=FailureReason.DUPLICATE_MEMBER, message="same path appears twice in the archive")
     seen.add(rel)
     try:
-        target = resolve_inside(dest, rel)
+        target = writer.target(rel)
     except OutsideShare as exc:
         return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=str(exc))
     try:
@@ -200,7 +226,7 @@ def _expand_member(
             message=f"file is larger than {limits.max_file_bytes} bytes (SQLCHECK_MAX_FILE_BYTES)",
         )
     try:
-        atomic_write(target, data, fsync=False)
+        atomic_write(target, data, fsync=False, make_parents=False)
     except (FileExistsError, NotADirectoryError, IsADirectoryError):
         # "x.sql" and "x.sql/y.sql" in one archive: a file and a folder cannot share a path
         return ArchiveMember(name, rel, rejected=FailureReason.DUPLICATE_MEMBER,

@@ -76,13 +76,15 @@ class SharePaths:
         return f"uploads/{job_id}.zip"
 
 
-def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parents: bool = True) -> None:
     """Write ``data`` so that a reader sees the old file or the whole new one, never half.
 
     The temporary file lives in the same directory, so ``os.replace`` is a rename
-    on the same file system (atomic on NFS too).
+    on the same file system (atomic on NFS too); the rename also replaces, never
+    follows, a symlink planted at ``path``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
