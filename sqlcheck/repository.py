@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Sequence
 
-from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -309,22 +309,29 @@ def finish_task_success(
     return result.rowcount == 1
 
 
+_FINISH_FROM_CACHE = (
+    update(Task.__table__)
+    .where(Task.id == bindparam("task_id"), Task.status == TaskStatus.PENDING.value, Task.dispatched_at.is_(None))
+    .values(status=TaskStatus.SUCCESS.value, result_file_path=bindparam("path"), violation_count=bindparam("count"),
+            rule_counts=bindparam("counts"), encoding=bindparam("enc"), worker_hostname=bindparam("host"),
+            started_at=bindparam("now"), finished_at=bindparam("now"), duration_s=0.0)
+)
+
+
 def finish_pending_from_cache(session: Session, finished: Sequence[tuple[str, str, int, dict[str, int], str]],
                               hostname: str) -> int:
     """(task_id, result path, violations, rule counts, encoding) of never-sent PENDING tasks whose
-    result the cache held -> SUCCESS, in the caller's one transaction. Returns how many changed."""
+    result the cache held -> SUCCESS, in the caller's one transaction, as one executemany.
+    Returns how many changed."""
+    if not finished:
+        return 0
     now = utcnow()
-    changed = 0
-    for task_id, result_file_path, violation_count, counts, encoding in finished:
-        changed += session.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.status == TaskStatus.PENDING.value, Task.dispatched_at.is_(None))
-            .values(status=TaskStatus.SUCCESS.value, result_file_path=result_file_path,
-                    violation_count=violation_count, rule_counts=json.dumps(counts, sort_keys=True),
-                    encoding=encoding, worker_hostname=hostname, started_at=now, finished_at=now, duration_s=0.0)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-    return changed
+    rows = [
+        {"task_id": task_id, "path": path, "count": count, "counts": json.dumps(counts, sort_keys=True),
+         "enc": encoding, "host": hostname, "now": now}
+        for task_id, path, count, counts, encoding in finished
+    ]
+    return session.connection().execute(_FINISH_FROM_CACHE, rows).rowcount
 
 
 def fail_task(session: Session, task_id: str, reason: FailureReason, message: str, encoding: str | None = None) -> bool:

@@ -17,7 +17,9 @@ RESULT_FORMAT_VERSION = 1
 
 
 def _dump(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, sort_keys=True, indent=1).encode("utf-8")
+    """Compact JSON: with `indent` the json module falls back to its pure-Python encoder,
+    which cost more than a small file's lint; `sqlcheckctl report` is the readable view."""
+    return json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 def task_result_document(
