@@ -220,12 +220,13 @@ def send_undispatched(rt: Runtime, job_id: str, send: SendLintMessages) -> int:
 
 
 def fail_job(rt: Runtime, job_id: str, message: str) -> None:
+    """PROCESSING/PENDING -> FAILED. Before the commit, the sources written so far are removed and
+    summary.json is written: whoever sees FAILED sees the job's final files."""
     with rt.db.session() as s:
-        changed = repo.fail_job(s, job_id, message)
-        if changed:
+        if repo.fail_job(s, job_id, message):
+            shutil.rmtree(rt.share.source_dir(job_id), ignore_errors=True)
+            write_summary(rt, job_id, s)
             log.warning("job=%s FAILED: %s", job_id, message)
-            write_summary(rt, job_id, s)  # before the commit: whoever sees FAILED finds summary.json
-    shutil.rmtree(rt.share.source_dir(job_id), ignore_errors=True)
 
 
 # ---- lint one file ---------------------------------------------------------------
