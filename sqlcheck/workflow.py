@@ -238,21 +238,25 @@ def lint_task(rt: Runtime, task_id: str, hostname: str, outage_retried: bool = F
     `outage_retried`: the caller will retry a transient error, so this delivery's attempt is
     given back when one ends it.
     """
+    # One connection from claim to recorded result: each checkout costs a ping round trip.
     with rt.db.autocommit() as conn:
         claimed = repo.claim_task(conn, task_id, hostname, rt.settings.max_attempts)
-        if claimed is not None:
-            dialect_raw, options_raw = _job_lint_columns(rt, conn, claimed.job_id)
-    if claimed is None:
-        _not_claimed(rt, task_id)
-        return
-    job_id = claimed.job_id
-    log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, claimed.archive_member, claimed.attempts)
-    try:
-        _lint_claimed(rt, job_id, task_id, claimed.archive_member, claimed.source_file_path, dialect_raw, options_raw)
-    except Exception as exc:
-        if outage_retried and is_transient(exc):
-            _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
-        raise
+        if claimed is None:
+            _not_claimed(rt, task_id)
+            return
+        job_id = claimed.job_id
+        log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, claimed.archive_member,
+                 claimed.attempts)
+        try:
+            dialect_raw, options_raw = _job_lint_columns(rt, conn, job_id)
+            last = _lint_claimed(rt, conn, job_id, task_id, claimed.archive_member, claimed.source_file_path,
+                                 dialect_raw, options_raw)
+        except Exception as exc:
+            if outage_retried and is_transient(exc):
+                _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
+            raise
+    if last:
+        finalize_job(rt, job_id)
 
 
 def _job_lint_columns(rt: Runtime, conn, job_id: str) -> tuple[str | None, str | None]:
@@ -292,33 +296,33 @@ def _give_back_attempt(rt: Runtime, task_id: str) -> None:
         log.warning("task=%s attempt not given back (%s)", task_id, exc.__class__.__name__)
 
 
-def _lint_claimed(rt: Runtime, job_id: str, task_id: str, member: str, source_rel: str | None,
-                  dialect_raw: str | None, options_raw: str | None) -> None:
-    """The part of lint_task after the claim: lint (or take from the cache), write, record."""
+def _lint_claimed(rt: Runtime, conn, job_id: str, task_id: str, member: str, source_rel: str | None,
+                  dialect_raw: str | None, options_raw: str | None) -> bool:
+    """The part of lint_task after the claim: lint (or take from the cache), write, record.
+
+    Returns True when no task of the job is left open, i.e. the job may be finalized now.
+    """
     try:
         data = _read_source(rt, source_rel)
         dialect, options = lint_settings(rt, job_id, dialect_raw, options_raw)
         encoding, report, from_cache = _lint_or_cached(rt, data, member, dialect, options, task_id)
     except FileRejected as exc:
-        record_failure(rt, task_id, exc.reason, str(exc))
-        return
+        record_failure(rt, task_id, exc.reason, str(exc))  # finalizes the job itself when last
+        return False
     doc = task_result_document(job_id, task_id, member, encoding, dialect, report)
     doc["from_cache"] = from_cache
     result_rel = write_task_result(rt.share, doc)
-    with rt.db.autocommit() as conn:
-        done = repo.finish_task_success(
-            conn, task_id, result_rel, len(report.violations), rule_counts(report), encoding, report.duration_s
-        )
-        # Asked after our own commit: of the last two finishers, the later one sees the other's
-        # commit, so at least one of them finalizes (and finalize_job lets only one win).
-        last = not repo.job_has_open_tasks(conn, job_id)
+    done = repo.finish_task_success(
+        conn, task_id, result_rel, len(report.violations), rule_counts(report), encoding, report.duration_s
+    )
     if done:
         log.info("job=%s task=%s SUCCESS: %d violations in %.3fs%s", job_id, task_id, len(report.violations),
                  report.duration_s, " (from the result cache)" if from_cache else "")
     else:
         log.warning("job=%s task=%s finished but the row was already terminal; kept as it was", job_id, task_id)
-    if last:
-        finalize_job(rt, job_id)
+    # Asked after our own commit: of the last two finishers, the later one sees the other's
+    # commit, so at least one of them finalizes (and finalize_job lets only one win).
+    return not repo.job_has_open_tasks(conn, job_id)
 
 
 def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options: tuple,
