@@ -341,32 +341,39 @@ def clear_cache(stack: Stack) -> None:
 
 
 def dispatch_10k(stack: Stack, path: Path, n: int) -> float:
-    """Seconds from submit until the job has n task rows and every one was sent."""
-    from sqlcheck import repository as repo
+    """Seconds from submit until the job has n task rows and every one was sent (its row's
+    dispatched_at, so the figure does not include this function's polling interval)."""
+    from sqlalchemy import func, select
+
     from sqlcheck.client import submit_zip
     from sqlcheck.database import Database
+    from sqlcheck.models import Job, Task
 
     settings = stack.settings
     db = Database(settings.resolved_database_url)
-    started = time.perf_counter()
+    started = time.time()
     job_id = submit_zip(settings, path, "ansi")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
+        time.sleep(0.2)  # light polling: this loop shares the cores with the zip worker
         with db.session() as s:
-            job = repo.get_job(s, job_id)
-            if job.status == "FAILED":
-                raise SystemExit(f"bin/bench: 10k job failed: {job.error_message}")
-            if job.total_tasks == n and not repo.undispatched_task_ids(s, job_id):
+            status, total, error = s.execute(
+                select(Job.status, Job.total_tasks, Job.error_message).where(Job.id == job_id)).one()
+            if status == "FAILED":
+                raise SystemExit(f"bin/bench: 10k job failed: {error}")
+            if total != n:
+                continue
+            sent, last = s.execute(select(func.count(Task.dispatched_at), func.max(Task.dispatched_at))
+                                   .where(Task.job_id == job_id)).one()
+            if sent == n:
                 break
-        time.sleep(0.05)
     else:
         raise SystemExit("bin/bench: the 10k-file ZIP was not dispatched within 300 s")
-    wall = time.perf_counter() - started
     db.engine.dispose()
     # The lint messages are not needed: drop them from this run's private Redis db.
     for key in stack.redis.scan_iter(match="sql_analysis*"):
         stack.redis.delete(key)
-    return wall
+    return last.timestamp() - started
 
 
 # ---- main ---------------------------------------------------------------------------------------

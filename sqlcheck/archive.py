@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from sqlcheck.errors import ArchiveError
-from sqlcheck.share import OutsideShare, atomic_write, resolve_inside
+from sqlcheck.share import OutsideShare, resolve_inside, write_new_file
 from sqlcheck.states import FailureReason
 
 CHUNK_BYTES = 64 * 1024
@@ -169,7 +169,7 @@ class SourceWriter:
     """Where members go under ``dest``: each folder is created and checked once per archive.
 
     Checking the folder (resolved, symlinks included) is enough: the file itself is
-    written by rename, which never follows a link planted at its name.
+    created with O_EXCL or replaced by rename, neither of which follows a link at its name.
     """
 
     def __init__(self, dest: Path):
@@ -226,7 +226,7 @@ def _expand_member(
             message=f"file is larger than {limits.max_file_bytes} bytes (SQLCHECK_MAX_FILE_BYTES)",
         )
     try:
-        atomic_write(target, data, fsync=False, make_parents=False)
+        write_new_file(target, data)
     except (FileExistsError, NotADirectoryError, IsADirectoryError):
         # "x.sql" and "x.sql/y.sql" in one archive: a file and a folder cannot share a path
         return ArchiveMember(name, rel, rejected=FailureReason.DUPLICATE_MEMBER,

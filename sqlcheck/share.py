@@ -76,6 +76,22 @@ class SharePaths:
         return f"uploads/{job_id}.zip"
 
 
+def write_new_file(path: Path, data: bytes) -> None:
+    """Write a file that nobody can be reading yet, in place; atomically if it already exists.
+
+    For expansion: a source is read only after its lint message is sent, which is after this
+    write; a redelivered expansion finds the file there and replaces it whole (atomic_write).
+    Saves the temporary name and the rename per file. O_EXCL also refuses a planted symlink.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        atomic_write(path, data, fsync=False, make_parents=False)
+        return
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
 def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parents: bool = True) -> None:
     """Write ``data`` so that a reader sees the old file or the whole new one, never half.
 
