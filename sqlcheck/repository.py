@@ -181,9 +181,9 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - only the two supported databases
         raise RuntimeError(f"unsupported database {dialect}")
-    # One statement compiled once, run "executemany": SQLAlchemy packs the rows into
-    # multi-row VALUES batches itself (compiling 500-row VALUES literals was the slow part).
-    session.connection().execute(insert(Task.__table__).on_conflict_do_nothing(), rows)
+    # One statement compiled once, run "executemany" (after the session's autoflush): SQLAlchemy
+    # packs the rows into multi-row VALUES batches itself (compiling 500-row literals was slow).
+    session.execute(insert(Task.__table__).on_conflict_do_nothing(), rows)
 
 
 def create_tasks(session: Session, job_id: str, new_tasks: Sequence[NewTask]) -> int:
@@ -256,18 +256,32 @@ class ClaimedTask:
     attempts: int  # including this one
 
 
+# The per-file statements are built once: constructing a statement costs more Python time
+# than PostgreSQL needs to run it (0.92 -> 0.46 ms per claim, measured).
+_CLAIM = (
+    update(Task.__table__)
+    .where(Task.id == bindparam("task_id"), Task.status.in_(_OPEN_TASKS), Task.attempts < bindparam("max_attempts"))
+    .values(status=TaskStatus.IN_PROGRESS.value, attempts=Task.attempts + 1, started_at=bindparam("now"),
+            worker_hostname=bindparam("hostname"))
+    .returning(Task.job_id, Task.archive_member, Task.source_file_path, Task.attempts)
+)
+_FINISH_SUCCESS = (
+    update(Task.__table__)
+    .where(Task.id == bindparam("task_id"), Task.status == TaskStatus.IN_PROGRESS.value)
+    .values(status=TaskStatus.SUCCESS.value, result_file_path=bindparam("path"), violation_count=bindparam("count"),
+            rule_counts=bindparam("counts"), encoding=bindparam("enc"), finished_at=bindparam("now"),
+            duration_s=bindparam("duration"))
+)
+_HAS_OPEN_TASKS = select(exists().where(Task.job_id == bindparam("job_id"), Task.status.in_(_OPEN_TASKS)))
+
+
 def claim_task(db: Executor, task_id: str, hostname: str, max_attempts: int) -> ClaimedTask | None:
     """PENDING (or IN_PROGRESS left by a dead child) -> IN_PROGRESS, counting the attempt.
 
     None when the row is missing, already ended, or out of attempts (get_task tells which).
     """
     row = db.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.status.in_(_OPEN_TASKS), Task.attempts < max_attempts)
-        .values(status=TaskStatus.IN_PROGRESS.value, attempts=Task.attempts + 1,
-                started_at=utcnow(), worker_hostname=hostname)
-        .returning(Task.job_id, Task.archive_member, Task.source_file_path, Task.attempts)
-        .execution_options(synchronize_session=False)
+        _CLAIM, {"task_id": task_id, "max_attempts": max_attempts, "now": utcnow(), "hostname": hostname}
     ).first()
     return ClaimedTask(*row) if row is not None else None
 
@@ -278,7 +292,7 @@ def job_lint_columns(db: Executor, job_id: str) -> tuple[str | None, str | None]
 
 
 def job_has_open_tasks(db: Executor, job_id: str) -> bool:
-    return db.execute(select(exists().where(Task.job_id == job_id, Task.status.in_(_OPEN_TASKS)))).scalar()
+    return db.execute(_HAS_OPEN_TASKS, {"job_id": job_id}).scalar()
 
 
 def give_back_attempt(session: Session, task_id: str) -> bool:
@@ -298,14 +312,10 @@ def finish_task_success(
     encoding: str, duration_s: float,
 ) -> bool:
     """IN_PROGRESS -> SUCCESS; False if someone else already ended it."""
-    result = db.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.status == TaskStatus.IN_PROGRESS.value)
-        .values(status=TaskStatus.SUCCESS.value, result_file_path=result_file_path,
-                violation_count=violation_count, rule_counts=json.dumps(rule_counts, sort_keys=True),
-                encoding=encoding, finished_at=utcnow(), duration_s=duration_s)
-        .execution_options(synchronize_session=False)
-    )
+    result = db.execute(_FINISH_SUCCESS, {
+        "task_id": task_id, "path": result_file_path, "count": violation_count,
+        "counts": json.dumps(rule_counts, sort_keys=True), "enc": encoding, "now": utcnow(), "duration": duration_s,
+    })
     return result.rowcount == 1
 
 
@@ -331,7 +341,7 @@ def finish_pending_from_cache(session: Session, finished: Sequence[tuple[str, st
          "enc": encoding, "host": hostname, "now": now}
         for task_id, path, count, counts, encoding in finished
     ]
-    return session.connection().execute(_FINISH_FROM_CACHE, rows).rowcount
+    return session.execute(_FINISH_FROM_CACHE, rows).rowcount
 
 
 def fail_task(session: Session, task_id: str, reason: FailureReason, message: str, encoding: str | None = None) -> bool:
