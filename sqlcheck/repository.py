@@ -220,11 +220,13 @@ def create_tasks(session: Session, job_id: str, new_tasks: Sequence[NewTask]) ->
 
 
 def undispatched_task_ids(session: Session, job_id: str) -> list[str]:
-    """PENDING tasks whose message was never sent (or whose send was not recorded)."""
+    """PENDING tasks whose message was never sent (or whose send was not recorded), largest file
+    first: the children then end the job together instead of one finishing a big file alone."""
     return list(
         session.scalars(
             select(Task.id).where(Task.job_id == job_id, Task.status == TaskStatus.PENDING.value,
-                                  Task.dispatched_at.is_(None)).order_by(Task.archive_member)
+                                  Task.dispatched_at.is_(None))
+            .order_by(Task.size_bytes.desc(), Task.archive_member)
         )
     )
 

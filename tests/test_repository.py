@@ -308,3 +308,15 @@ def test_two_last_finishers_finalize_exactly_once(pg_db):
             JobStatus.PARTIAL_SUCCESS.value if failed else JobStatus.SUCCESS.value, 5, 5 - failed, failed)
         with db.session() as s:
             assert TaskStatus.IN_PROGRESS.value not in repo.task_progress(s, job_id)
+
+
+def test_undispatched_tasks_come_largest_first(db):
+    """Big files start first, so no child is left linting one alone at the end of a job."""
+    job_id = str(uuid.uuid4())
+    sizes = {"a.sql": 10, "b.sql": 90_000, "c.sql": 500, "d.sql": 500}
+    with db.session() as s:
+        repo.insert_job(s, job_id, f"uploads/{job_id}.zip", None)
+    with db.session() as s:
+        repo.create_tasks(s, job_id, [repo.NewTask(m, f"jobs/x/sources/{m}", n, "0" * 64) for m, n in sizes.items()])
+        pending = repo.undispatched_task_ids(s, job_id)
+    assert pending == [task_id(job_id, m) for m in ("b.sql", "c.sql", "d.sql", "a.sql")]
