@@ -39,7 +39,7 @@ def celery_config(settings: Settings) -> dict:
         task_acks_on_failure_or_timeout=True,  # a hard timeout is final: no endless poison loop
         task_ignore_result=True,  # status lives in the database; a Redis blip cannot fail a finished file
         task_track_started=False,
-        worker_prefetch_multiplier=int(__import__("os").environ.get("PF","1")),  # reserve only what the pool can run; keeps children evenly loaded
+        worker_prefetch_multiplier=1,  # reserve only what the pool can run; keeps children evenly loaded
         worker_max_tasks_per_child=1000,
         worker_cancel_long_running_tasks_on_connection_loss=False,  # keep linting through broker blips
         worker_soft_shutdown_timeout=0,  # SIGTERM = plain warm shutdown
