@@ -52,10 +52,10 @@ def redis_client() -> redis.Redis:
 def send_lint_messages(task_ids: Sequence[str]) -> None:
     """One message per file, all through one producer; the Celery id is the task row id.
 
-    kombu's publish batch buffers the Redis LPUSH (and task-sent event) commands of up to
-    1,000 messages in one pipeline: the messages are the ones apply_async always builds,
-    only the round trips are fewer. Leaving the block with an error discards what was not
-    yet flushed; the caller then leaves those rows undispatched for the reaper.
+    kombu's publish batch buffers the Redis LPUSH commands of up to 1,000 messages in one
+    pipeline: the messages are the ones apply_async always builds, only the round trips are
+    fewer. Leaving the block with an error discards what was not yet flushed; the caller then
+    leaves those rows undispatched for the reaper.
     """
     # Two per-message costs avoided, each measured: only the first message declares the queue
     # (kombu re-checked the declaration per message by copying and binding the queue), and the
