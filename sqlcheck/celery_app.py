@@ -18,6 +18,7 @@ ZIP_QUEUE = "zip_processing"
 ANALYSIS_QUEUE = "sql_analysis"
 EXPAND_TASK = "app.celery_app.tasks.expand_zip_and_dispatch_tasks"
 LINT_TASK = "app.celery_app.tasks.process_sql_file"
+LINT_BATCH_TASK = "app.celery_app.tasks.process_sql_files"
 
 app = Celery("sqlcheck")
 
@@ -32,7 +33,8 @@ def celery_config(settings: Settings) -> dict:
         result_serializer="json",
         timezone="Asia/Shanghai",
         enable_utc=True,
-        task_routes={EXPAND_TASK: {"queue": ZIP_QUEUE}, LINT_TASK: {"queue": ANALYSIS_QUEUE}},
+        task_routes={EXPAND_TASK: {"queue": ZIP_QUEUE}, LINT_TASK: {"queue": ANALYSIS_QUEUE},
+                     LINT_BATCH_TASK: {"queue": ANALYSIS_QUEUE}},
         task_default_queue=ANALYSIS_QUEUE,
         task_acks_late=True,  # ack after the task ends: a dead worker means redelivery
         task_reject_on_worker_lost=True,  # a SIGKILLed child requeues its message (bounded by SQLCHECK_MAX_ATTEMPTS)
@@ -65,7 +67,15 @@ def configure_app(settings: Settings) -> Celery:
     app.tasks[EXPAND_TASK].time_limit = settings.zip_hard_time_limit_s
     app.tasks[LINT_TASK].soft_time_limit = settings.soft_time_limit_s
     app.tasks[LINT_TASK].time_limit = settings.hard_time_limit_s
+    # A batch keeps each file's soft limit itself (a timer in the child) and hands its remaining
+    # files on once it has run longer than the soft limit; so a message ends within soft + hard.
+    app.tasks[LINT_BATCH_TASK].soft_time_limit = None
+    app.tasks[LINT_BATCH_TASK].time_limit = batch_hard_time_limit_s(settings)
     return app
+
+
+def batch_hard_time_limit_s(settings: Settings) -> int:
+    return settings.soft_time_limit_s + settings.hard_time_limit_s
 
 
 def make_sender(settings: Settings) -> Celery:

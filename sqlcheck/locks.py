@@ -32,12 +32,20 @@ class TaskLock:
     ttl_s: int
     token: str = ""
 
+    def new_token(self) -> str:
+        self.token = f"{self.node}|{os.getpid()}|{uuid.uuid4().hex}"
+        return self.token
+
     def acquire(self) -> bool:
         """Take the lock, or take it over from a dead child of this same node."""
-        self.token = f"{self.node}|{os.getpid()}|{uuid.uuid4().hex}"
         key = lock_key(self.task_id)
-        if self.client.set(key, self.token, nx=True, ex=self.ttl_s):
+        if self.client.set(key, self.new_token(), nx=True, ex=self.ttl_s):
             return True
+        return self.take_over()
+
+    def take_over(self) -> bool:
+        """The lock is taken: take it anyway if it just expired or its holder died on this node."""
+        key = lock_key(self.task_id)
         holder = self.client.get(key)
         if holder is None:
             return bool(self.client.set(key, self.token, nx=True, ex=self.ttl_s))
@@ -51,3 +59,26 @@ class TaskLock:
     def release(self) -> bool:
         """Release only if we still hold it; never delete someone else's lock."""
         return bool(self.client.eval(_RELEASE, 1, lock_key(self.task_id), self.token))
+
+
+def acquire_many(client: redis.Redis, task_ids: list[str], node: str, ttl_s: int) -> tuple[list[TaskLock], list[str]]:
+    """The locks of a batch in one round trip: (locks held, ids someone else is linting)."""
+    locks = [TaskLock(client, task_id, node, ttl_s) for task_id in task_ids]
+    pipe = client.pipeline(transaction=False)
+    for lock in locks:
+        pipe.set(lock_key(lock.task_id), lock.new_token(), nx=True, ex=ttl_s)
+    held, busy = [], []
+    for lock, taken in zip(locks, pipe.execute()):
+        if taken or lock.take_over():
+            held.append(lock)
+        else:
+            busy.append(lock.task_id)
+    return held, busy
+
+
+def release_many(client: redis.Redis, locks: list[TaskLock]) -> None:
+    """Release a batch's locks in one round trip (only those we still hold)."""
+    pipe = client.pipeline(transaction=False)
+    for lock in locks:
+        pipe.eval(_RELEASE, 1, lock_key(lock.task_id), lock.token)
+    pipe.execute()

@@ -103,12 +103,14 @@ def message_task_id_and_args(raw: bytes | str) -> tuple[str | None, list[Any]]:
 
 
 def queued_args(client: redis.Redis, queue: str) -> set[str]:
-    """First argument of every message waiting in a queue's ready list (task ids or job ids)."""
+    """First argument of every message waiting in a queue's ready list: task ids (every id of a
+    batch message) or job ids."""
     found = set()
     for raw in client.lrange(queue, 0, -1):
         _task_id, args = message_task_id_and_args(raw)
         if args:
-            found.add(str(args[0]))
+            first = args[0]
+            found.update(str(a) for a in first) if isinstance(first, list) else found.add(str(first))
     return found
 
 

@@ -219,16 +219,18 @@ def create_tasks(session: Session, job_id: str, new_tasks: Sequence[NewTask]) ->
     return total
 
 
-def undispatched_task_ids(session: Session, job_id: str) -> list[str]:
-    """PENDING tasks whose message was never sent (or whose send was not recorded), largest file
-    first: the children then end the job together instead of one finishing a big file alone."""
-    return list(
-        session.scalars(
-            select(Task.id).where(Task.job_id == job_id, Task.status == TaskStatus.PENDING.value,
-                                  Task.dispatched_at.is_(None))
+def undispatched_tasks(session: Session, job_id: str) -> list[tuple[str, int]]:
+    """(id, size in bytes) of PENDING tasks whose message was never sent (or whose send was not
+    recorded), largest file first: the children then end the job together instead of one
+    finishing a big file alone."""
+    return [
+        (task_id, size or 0)
+        for task_id, size in session.execute(
+            select(Task.id, Task.size_bytes).where(Task.job_id == job_id, Task.status == TaskStatus.PENDING.value,
+                                                   Task.dispatched_at.is_(None))
             .order_by(Task.size_bytes.desc(), Task.archive_member)
         )
-    )
+    ]
 
 
 def mark_dispatched(session: Session, task_ids: Sequence[str]) -> None:
@@ -238,6 +240,10 @@ def mark_dispatched(session: Session, task_ids: Sequence[str]) -> None:
             update(Task).where(Task.id.in_(task_ids[start : start + _BATCH])).values(dispatched_at=now)
             .execution_options(synchronize_session=False)
         )
+
+
+def task_statuses(session: Session, task_ids: Sequence[str]) -> dict[str, str]:
+    return dict(session.execute(select(Task.id, Task.status).where(Task.id.in_(list(task_ids)))).all())
 
 
 def get_task(session: Session, task_id: str) -> Task | None:

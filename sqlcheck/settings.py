@@ -57,6 +57,12 @@ class Settings:
     hard_time_limit_s: int = field(default=150, metadata=_env("SQLCHECK_HARD_TIME_LIMIT_S", "analysis task hard limit, seconds"))
     zip_soft_time_limit_s: int = field(default=300, metadata=_env("SQLCHECK_ZIP_SOFT_TIME_LIMIT_S", "zip task soft limit, seconds"))
     zip_hard_time_limit_s: int = field(default=330, metadata=_env("SQLCHECK_ZIP_HARD_TIME_LIMIT_S", "zip task hard limit, seconds"))
+    lint_batch_max_files: int = field(
+        default=8, metadata=_env("SQLCHECK_LINT_BATCH_MAX_FILES", "most small files linted by one message; 1 = one message per file")
+    )
+    lint_batch_max_bytes: int = field(
+        default=16_384, metadata=_env("SQLCHECK_LINT_BATCH_MAX_BYTES", "most source bytes in one batch message; larger files go alone")
+    )
     max_attempts: int = field(
         default=3, metadata=_env("SQLCHECK_MAX_ATTEMPTS", "times one file may be started before it ends FAILURE")
     )
@@ -180,7 +186,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("setting SQLCHECK_SOFT_TIME_LIMIT_S must be below SQLCHECK_HARD_TIME_LIMIT_S")
     if s.zip_soft_time_limit_s >= s.zip_hard_time_limit_s:
         raise ConfigError("setting SQLCHECK_ZIP_SOFT_TIME_LIMIT_S must be below SQLCHECK_ZIP_HARD_TIME_LIMIT_S")
-    for name in ("max_file_bytes", "max_zip_members", "max_uncompressed_bytes", "max_compression_ratio", "max_attempts"):
+    for name in ("max_file_bytes", "max_zip_members", "max_uncompressed_bytes", "max_compression_ratio", "max_attempts",
+                 "lint_batch_max_files"):
         if getattr(s, name) < 1:
             raise ConfigError(f"setting {FIELDS[name].metadata['env']} must be at least 1")
     if s.embedded_redis not in ("auto", "on", "off"):

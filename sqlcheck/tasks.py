@@ -1,4 +1,4 @@
-"""The two Celery tasks: thin wrappers that map Celery events onto workflow steps.
+"""The Celery tasks: thin wrappers that map Celery events onto workflow steps.
 
 No business logic here: open the runtime, call the workflow, turn time limits
 and outages into row states or retries.
@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+import signal
+import time
+from contextlib import contextmanager
+from typing import NoReturn, Sequence
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from sqlcheck import counters, workflow
-from sqlcheck.celery_app import EXPAND_TASK, LINT_TASK, app
-from sqlcheck.locks import TaskLock
+from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
+from sqlcheck.locks import TaskLock, acquire_many, release_many
 from sqlcheck.retries import backoff_delay_s, is_transient
 from sqlcheck.states import FailureReason
 from sqlcheck.workflow import Runtime
@@ -49,9 +52,11 @@ def redis_client() -> redis.Redis:
     return _redis[1]
 
 
-def send_lint_messages(task_ids: Sequence[str]) -> None:
-    """One message per file, all through one producer; the Celery id is the task row id.
+def send_lint_messages(messages: Sequence[Sequence[str]]) -> None:
+    """One Celery message per list of task ids, all through one producer.
 
+    A lone file goes as process_sql_file(task_id) with the row id as its Celery id; a batch of
+    small files as process_sql_files(task_ids) with the id ``batch-<first row id>``.
     kombu's publish batch buffers the Redis LPUSH commands of up to 1,000 messages in one
     pipeline: the messages are the ones apply_async always builds, only the round trips are
     fewer. Leaving the block with an error discards what was not yet flushed; the caller then
@@ -62,10 +67,13 @@ def send_lint_messages(task_ids: Sequence[str]) -> None:
     # argument reprs shown by Flower are given, not built by Celery's slow saferepr.
     declare = None
     with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-        for task_id in task_ids:
-            args = (task_id,)
-            process_sql_file.apply_async(args, task_id=task_id, producer=producer, declare=declare,
-                                         argsrepr=repr(args), kwargsrepr="{}")
+        for task_ids in messages:
+            if len(task_ids) == 1:
+                task, args, celery_id = process_sql_file, (task_ids[0],), task_ids[0]
+            else:
+                task, args, celery_id = process_sql_files, (list(task_ids),), f"batch-{task_ids[0]}"
+            task.apply_async(args, task_id=celery_id, producer=producer, declare=declare,
+                             argsrepr=repr(args), kwargsrepr="{}")
             declare = []
 
 
@@ -108,11 +116,7 @@ def process_sql_file(self, task_id: str, transient_retries: int = 0) -> None:
     try:
         acquired = lock.acquire()
     except redis.RedisError as exc:
-        if transient_retries >= rt.settings.max_retries:
-            raise  # the message fails; the row stays PENDING and the reaper sends it again later
-        _count_retry("transient")
-        raise self.retry(exc=exc, countdown=_retry_delay(transient_retries), max_retries=more,
-                         kwargs={"transient_retries": transient_retries + 1}) from None
+        _retry_lock_outage(self, exc, transient_retries, args=(task_id,))
     if not acquired:
         # Another delivery is linting it right now. Do not drop this message: the holder may die.
         log.info("task=%s is being linted elsewhere; checking again in %ss", task_id, rt.settings.lock_retry_delay_s)
@@ -123,30 +127,128 @@ def process_sql_file(self, task_id: str, transient_retries: int = 0) -> None:
     try:
         workflow.lint_task(rt, task_id, hostname, outage_retried=transient_retries < rt.settings.max_retries)
     except SoftTimeLimitExceeded:
-        workflow.record_failure(
-            rt, task_id, FailureReason.TIMEOUT, f"linting took longer than {rt.settings.soft_time_limit_s} s (soft limit)"
-        )
+        _record_soft_timeout(rt, task_id)
     except Exception as exc:
-        if is_transient(exc) and transient_retries < rt.settings.max_retries:
-            delay = _retry_delay(transient_retries)
-            log.warning("task=%s transient error (%s: %s); retry %d in %.1fs",
-                        task_id, exc.__class__.__name__, _first_line(exc), transient_retries + 1, delay)
-            _release_quietly(lock)
-            _count_retry("transient")
-            raise self.retry(countdown=delay, max_retries=more,
-                             kwargs={"transient_retries": transient_retries + 1}) from None
-        reason = FailureReason.INTERNAL
-        if is_transient(exc):
-            # the outage outlasted every retry: say so, with the real error, and no traceback
-            log.error("task=%s gave up after %d retries: %s: %s", task_id, transient_retries, exc.__class__.__name__,
-                      _first_line(exc))
-            message = f"gave up after {transient_retries} retries of a transient error: {exc.__class__.__name__}: {exc}"
-        else:
-            log.exception("task=%s lint failed with an internal error", task_id)
-            message = f"internal error: {exc.__class__.__name__}: {exc}"
-        workflow.record_failure(rt, task_id, reason, message)
+        if _retries_left(exc, transient_retries):
+            _release_quietly([lock])
+            _retry_outage(self, task_id, exc, transient_retries, args=(task_id,))
+        _record_lint_error(rt, task_id, exc, transient_retries)
     finally:
-        _release_quietly(lock)
+        _release_quietly([lock])
+
+
+@app.task(name=LINT_BATCH_TASK, bind=True)
+def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> None:
+    """Lint a batch of small files of one job, one after the other, on one database connection.
+
+    Each file keeps its own soft time limit (a timer in this child) and its own outcome. Files
+    whose lock another delivery holds are sent on as single messages (those wait for the lock);
+    once the batch has run longer than the soft limit, the files not started are sent on as a
+    new batch, so a batch message always ends within soft + hard limit (its Celery hard limit).
+    """
+    rt = runtime()
+    settings = rt.settings
+    hostname = self.request.hostname or settings.node_name
+    client = redis_client()
+    try:
+        # A file of the batch may start up to the soft limit after this: its lock must last that long too.
+        locks, busy = acquire_many(client, list(task_ids), hostname, settings.lock_ttl_s + settings.soft_time_limit_s)
+    except redis.RedisError as exc:
+        _retry_lock_outage(self, exc, transient_retries, args=(list(task_ids),))
+    if busy:
+        log.info("tasks %s are being linted elsewhere; each is sent on alone to wait for its lock", ",".join(busy))
+        send_lint_messages([[task_id] for task_id in busy])
+    held = [lock.task_id for lock in locks]
+    not_started: list[str] = []
+    outage_retried = transient_retries < settings.max_retries
+    started = time.monotonic()
+    try:
+        with rt.db.autocommit() as conn:
+            job_ids = set()
+            for i, task_id in enumerate(held):
+                if i and time.monotonic() - started > settings.soft_time_limit_s:
+                    not_started = held[i:]
+                    break
+                try:
+                    with soft_time_limit(settings.soft_time_limit_s):
+                        job_id = workflow.lint_file(rt, conn, task_id, hostname, outage_retried)
+                    if job_id is not None:
+                        job_ids.add(job_id)
+                except SoftTimeLimitExceeded:
+                    _record_soft_timeout(rt, task_id)
+                except Exception as exc:
+                    if _retries_left(exc, transient_retries):
+                        _release_quietly(locks)
+                        _retry_outage(self, task_id, exc, transient_retries, args=(held[i:],))
+                    _record_lint_error(rt, task_id, exc, transient_retries)
+            for job_id in job_ids:
+                workflow.finalize_if_complete(rt, conn, job_id)
+    finally:
+        _release_quietly(locks)
+    if not_started:
+        log.info("task=%s and %d more: batch ran past the soft limit; sent on as a new batch",
+                 not_started[0], len(not_started) - 1)
+        send_lint_messages([not_started])
+
+
+@contextmanager
+def soft_time_limit(seconds: float):
+    """Celery's soft limit for one file of a batch: SIGALRM raises SoftTimeLimitExceeded in this
+    child, as Celery's own soft limit does for a single-file message."""
+
+    def expired(_signum, _frame):
+        raise SoftTimeLimitExceeded(f"soft time limit ({seconds}s) exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _retry_lock_outage(task, exc: Exception, transient_retries: int, args: tuple) -> NoReturn:
+    """Redis was down when the lock was wanted: retry the message, or let it fail at the bound
+    (its rows stay PENDING and the reaper sends them again later)."""
+    if transient_retries >= runtime().settings.max_retries:
+        raise exc
+    _count_retry("transient")
+    raise task.retry(exc=exc, args=args, countdown=_retry_delay(transient_retries), max_retries=task.request.retries + 1,
+                     kwargs={"transient_retries": transient_retries + 1}) from None
+
+
+def _retries_left(exc: Exception, transient_retries: int) -> bool:
+    return is_transient(exc) and transient_retries < runtime().settings.max_retries
+
+
+def _retry_outage(task, task_id: str, exc: Exception, transient_retries: int, args: tuple) -> NoReturn:
+    """A transient error (database or Redis outage): send the message again later, from this file on."""
+    delay = _retry_delay(transient_retries)
+    log.warning("task=%s transient error (%s: %s); retry %d in %.1fs",
+                task_id, exc.__class__.__name__, _first_line(exc), transient_retries + 1, delay)
+    _count_retry("transient")
+    raise task.retry(args=args, countdown=delay, max_retries=task.request.retries + 1,
+                     kwargs={"transient_retries": transient_retries + 1}) from None
+
+
+def _record_soft_timeout(rt: Runtime, task_id: str) -> None:
+    workflow.record_failure(
+        rt, task_id, FailureReason.TIMEOUT, f"linting took longer than {rt.settings.soft_time_limit_s} s (soft limit)"
+    )
+
+
+def _record_lint_error(rt: Runtime, task_id: str, exc: Exception, transient_retries: int) -> None:
+    """An error that ends the file: an outage that outlasted every retry, or our own bug."""
+    if is_transient(exc):
+        # the outage outlasted every retry: say so, with the real error, and no traceback
+        log.error("task=%s gave up after %d retries: %s: %s", task_id, transient_retries, exc.__class__.__name__,
+                  _first_line(exc))
+        message = f"gave up after {transient_retries} retries of a transient error: {exc.__class__.__name__}: {exc}"
+    else:
+        log.exception("task=%s lint failed with an internal error", task_id)
+        message = f"internal error: {exc.__class__.__name__}: {exc}"
+    workflow.record_failure(rt, task_id, FailureReason.INTERNAL, message)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -155,8 +257,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _release_quietly(lock: TaskLock) -> None:
+def _release_quietly(locks: list[TaskLock]) -> None:
     try:
-        lock.release()
+        release_many(redis_client(), locks)
     except redis.RedisError:
-        log.warning("task=%s lock release failed; it expires by itself", lock.task_id)
+        log.warning("task=%s lock release failed; it expires by itself", ",".join(lock.task_id for lock in locks))

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import psutil
 from celery import bootsteps
@@ -54,7 +54,7 @@ def child_rss_mb(pids: list[int]) -> dict[int, float]:
 
 
 #: set by worker_hooks.install: records the memory failure of (task name, first argument, RSS MiB) before the kill
-record_memory_failure: Callable[[str, str, float], None] | None = None
+record_memory_failure: Callable[[str, Any, float], None] | None = None
 
 
 class RssWatchdog(bootsteps.StartStopStep):
@@ -90,13 +90,13 @@ class RssWatchdog(bootsteps.StartStopStep):
         verdicts = judge_children(child_rss_mb(pids), task_by_pid, self.max_rss_mb, self.recycle_rss_mb)
         for pid, task_id in verdicts.kill_busy.items():
             request = requests[pid]
-            target = (list(request.args or ()) or [task_id])[0]  # the task row id, or the job id for a ZIP
+            target = (list(request.args or ()) or [task_id])[0]  # a task row id, a batch's list of them, or a job id
             rss = child_rss_mb([pid]).get(pid, 0.0)
             log.warning("task=%s child pid=%d RSS %.0f MiB > %d MiB: failing the file and killing the child",
                         task_id, pid, rss, self.max_rss_mb)
             if record_memory_failure is not None:
                 try:
-                    record_memory_failure(request.name, str(target), rss)
+                    record_memory_failure(request.name, target, rss)
                 except Exception:  # the kill must happen even if the DB is down
                     log.exception("task=%s could not record the memory failure", task_id)
             _kill(pid, signal.SIGKILL)

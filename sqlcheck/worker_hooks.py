@@ -12,35 +12,48 @@ from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
 from sqlcheck import lint_engine, tasks, watchdog, workflow
-from sqlcheck.celery_app import EXPAND_TASK, LINT_TASK, app
+from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
 from sqlcheck.settings import Settings
 from sqlcheck.states import FailureReason
 
 log = logging.getLogger(__name__)
 
 
+#: Celery ids whose hard timeout was already recorded: Celery 5.7 sends task_failure twice for one
+_timeouts_recorded: dict[str, None] = {}
+
+
 def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwargs) -> None:
     """Hard time limit: the child is gone, so the main process records the outcome.
 
-    Celery 5.7 sends this signal twice for one hard timeout; both writes are
-    conditional, so the second changes nothing.
+    A single file ends FAILURE (timeout). Of a batch, the file it was linting ends FAILURE and
+    the files it had not started are sent again (the message itself is acked: timeouts are final).
     """
-    if not isinstance(exception, TimeLimitExceeded):
+    if not isinstance(exception, TimeLimitExceeded) or task_id in _timeouts_recorded:
         return
+    _timeouts_recorded[task_id] = None
+    if len(_timeouts_recorded) > 1000:
+        _timeouts_recorded.pop(next(iter(_timeouts_recorded)))
     rt = tasks.runtime()
     name = getattr(sender, "name", None)
     target = (args or [task_id])[0]
+    why = f"linting took longer than {rt.settings.hard_time_limit_s} s (hard limit); the child was killed"
     try:
         if name == LINT_TASK:
-            workflow.record_failure(
-                rt, target, FailureReason.TIMEOUT,
-                f"linting took longer than {rt.settings.hard_time_limit_s} s (hard limit); the child was killed",
-            )
+            workflow.record_failure(rt, target, FailureReason.TIMEOUT, why)
+        elif name == LINT_BATCH_TASK:
+            running, waiting = workflow.running_and_waiting(rt, target)
+            for file_task_id in running:
+                workflow.record_failure(rt, file_task_id, FailureReason.TIMEOUT, why)
+            if waiting:
+                log.info("task=%s and %d more: not started when the batch was killed; sent again",
+                         waiting[0], len(waiting) - 1)
+                tasks.send_lint_messages([waiting])
         elif name == EXPAND_TASK:
             limit = rt.settings.zip_hard_time_limit_s
             workflow.fail_job(rt, target, f"expanding the archive took longer than {limit} s")
     except Exception:
-        log.exception("task=%s could not record the hard time limit", target)
+        log.exception("task=%s could not record the hard time limit", task_id)
 
 
 def on_worker_process_init(**_kwargs) -> None:
@@ -52,13 +65,17 @@ def on_worker_process_init(**_kwargs) -> None:
         log.exception("linter warm-up failed; files will still be linted")
 
 
-def record_memory_failure(task_name: str, target: str, rss_mb: float) -> None:
+def record_memory_failure(task_name: str, target, rss_mb: float) -> None:
     """The watchdog is about to kill a child: fail its file, or its job when it was expanding a ZIP
-    (otherwise the redelivered ZIP message would balloon again, forever)."""
+    (otherwise the redelivered ZIP message would balloon again, forever). A batch is redelivered
+    after the kill and goes on with the files it had not finished."""
     rt = tasks.runtime()
     why = f"the worker child used {rss_mb:.0f} MiB, above SQLCHECK_CHILD_MAX_RSS_MB={rt.settings.child_max_rss_mb}"
     if task_name == EXPAND_TASK:
         workflow.fail_job(rt, target, f"expanding the archive: {why}")
+    elif task_name == LINT_BATCH_TASK:
+        for file_task_id in workflow.running_and_waiting(rt, target)[0]:
+            workflow.record_failure(rt, file_task_id, FailureReason.MEMORY, why)
     else:
         workflow.record_failure(rt, target, FailureReason.MEMORY, why)
 

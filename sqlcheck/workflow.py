@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from sqlcheck import faults, job_config
+from sqlcheck import batching, faults, job_config
 from sqlcheck import repository as repo
 from sqlcheck.archive import ExpansionLimits, expand_zip_safely
 from sqlcheck.database import Database
@@ -32,12 +32,12 @@ from sqlcheck.result_files import (
 )
 from sqlcheck.settings import Settings
 from sqlcheck.share import OutsideShare, SharePaths
-from sqlcheck.states import TERMINAL_JOB_STATES, TERMINAL_TASK_STATES, FailureReason
+from sqlcheck.states import TERMINAL_JOB_STATES, TERMINAL_TASK_STATES, FailureReason, TaskStatus
 
 log = logging.getLogger(__name__)
 
-#: sends one lint message per task id; provided by the Celery layer
-SendLintMessages = Callable[[Sequence[str]], None]
+#: sends one lint message per list of task ids (one id, or a batch); provided by the Celery layer
+SendLintMessages = Callable[[Sequence[Sequence[str]]], None]
 #: jobs whose (dialect, options) a process remembers before it starts over
 JOB_COLUMNS_KEPT = 1024
 
@@ -127,12 +127,12 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
     with rt.db.session() as s:
         total = repo.create_tasks(s, job_id, new_tasks)
     cached = _serve_from_cache(rt, job_id, dialect_raw, options_raw, expansion.members)
-    sent = send_undispatched(rt, job_id, send)
+    sent, messages = send_undispatched(rt, job_id, send)
     rejected = sum(1 for m in expansion.members if m.rejected)
     log.info(
         "job=%s expanded: %d tasks (%d rejected members, %d skipped entries, %d served from the result cache), "
-        "%d messages sent",
-        job_id, total, rejected, len(expansion.skipped), cached, sent,
+        "%d files dispatched in %d messages",
+        job_id, total, rejected, len(expansion.skipped), cached, sent, messages,
     )
     finalize_job(rt, job_id)
 
@@ -195,28 +195,31 @@ def _uploaded_config(zip_path, skipped: list[dict[str, str]]) -> job_config.Uplo
 DISPATCH_BATCH = 500
 
 
-def send_undispatched(rt: Runtime, job_id: str, send: SendLintMessages) -> int:
-    """Send every PENDING task never sent, batch by batch; returns how many were sent.
+def send_undispatched(rt: Runtime, job_id: str, send: SendLintMessages) -> tuple[int, int]:
+    """Send every PENDING task never sent, small files batched; returns (files, messages) sent.
 
     A send that fails (Redis down) leaves its rows with dispatched_at NULL: they stay
     PENDING and the reaper sends them later. A message sent but not recorded is sent
     again; the task lock and the terminal-row check make that harmless.
     """
     with rt.db.session() as s:
-        to_send = repo.undispatched_task_ids(s, job_id)
-    sent = 0
-    for start in range(0, len(to_send), DISPATCH_BATCH):
-        batch = to_send[start : start + DISPATCH_BATCH]
+        to_send = repo.undispatched_tasks(s, job_id)
+    messages = batching.plan_messages(to_send, rt.settings.lint_batch_max_files, rt.settings.lint_batch_max_bytes)
+    files = len(to_send)
+    sent_files = sent_messages = 0
+    for start in range(0, len(messages), DISPATCH_BATCH):
+        chunk = messages[start : start + DISPATCH_BATCH]
         try:
-            send(batch)
+            send(chunk)
         except Exception as exc:  # noqa: BLE001 - any send failure: keep the rows for the reaper
-            log.warning("job=%s could not send %d lint messages (%s: %s); they stay PENDING for the reaper",
-                        job_id, len(to_send) - sent, exc.__class__.__name__, exc)
-            return sent
+            log.warning("job=%s could not send lint messages for %d files (%s: %s); they stay PENDING for the reaper",
+                        job_id, files - sent_files, exc.__class__.__name__, exc)
+            break
         with rt.db.session() as s:
-            repo.mark_dispatched(s, batch)
-        sent += len(batch)
-    return sent
+            repo.mark_dispatched(s, [task_id for message in chunk for task_id in message])
+        sent_files += batching.file_count(chunk)
+        sent_messages += len(chunk)
+    return sent_files, sent_messages
 
 
 def fail_job(rt: Runtime, job_id: str, message: str) -> None:
@@ -233,30 +236,55 @@ def fail_job(rt: Runtime, job_id: str, message: str) -> None:
 
 
 def lint_task(rt: Runtime, task_id: str, hostname: str, outage_retried: bool = False) -> None:
-    """Claim the task, lint its file, write the result, record it; finalize the job if last.
+    """Claim the task, lint its file, write the result, record it; finalize the job if last."""
+    # One connection from claim to recorded result: each checkout costs a ping round trip.
+    with rt.db.autocommit() as conn:
+        job_id = lint_file(rt, conn, task_id, hostname, outage_retried)
+        if job_id is not None:
+            finalize_if_complete(rt, conn, job_id)
+
+
+def lint_file(rt: Runtime, conn, task_id: str, hostname: str, outage_retried: bool = False) -> str | None:
+    """Claim one task on `conn`, lint its file, write the result, record it. Returns its job id
+    (the caller asks whether the job is complete), or None when the task could not be claimed.
 
     `outage_retried`: the caller will retry a transient error, so this delivery's attempt is
     given back when one ends it.
     """
-    # One connection from claim to recorded result: each checkout costs a ping round trip.
-    with rt.db.autocommit() as conn:
-        claimed = repo.claim_task(conn, task_id, hostname, rt.settings.max_attempts)
-        if claimed is None:
-            _not_claimed(rt, task_id)
-            return
-        job_id = claimed.job_id
-        log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, claimed.archive_member,
-                 claimed.attempts)
-        try:
-            dialect_raw, options_raw = _job_lint_columns(rt, conn, job_id)
-            last = _lint_claimed(rt, conn, job_id, task_id, claimed.archive_member, claimed.source_file_path,
-                                 dialect_raw, options_raw)
-        except Exception as exc:
-            if outage_retried and is_transient(exc):
-                _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
-            raise
-    if last:
+    claimed = repo.claim_task(conn, task_id, hostname, rt.settings.max_attempts)
+    if claimed is None:
+        _not_claimed(rt, task_id)
+        return None
+    job_id = claimed.job_id
+    log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, claimed.archive_member,
+             claimed.attempts)
+    try:
+        dialect_raw, options_raw = _job_lint_columns(rt, conn, job_id)
+        _lint_claimed(rt, conn, job_id, task_id, claimed.archive_member, claimed.source_file_path,
+                      dialect_raw, options_raw)
+    except Exception as exc:
+        if outage_retried and is_transient(exc):
+            _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
+        raise
+    return job_id
+
+
+def finalize_if_complete(rt: Runtime, conn, job_id: str) -> None:
+    """Finalize the job unless a task is still open. Asked after our own commits: of the last two
+    finishers, the later one sees the other's commit, so at least one of them finalizes (and
+    finalize_job lets only one win)."""
+    if not repo.job_has_open_tasks(conn, job_id):
         finalize_job(rt, job_id)
+
+
+def running_and_waiting(rt: Runtime, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Of a batch whose child was killed: the files it was linting (IN_PROGRESS), and the files it
+    had not started (PENDING), in the batch's order."""
+    with rt.db.session() as s:
+        statuses = repo.task_statuses(s, task_ids)
+    running = [t for t in task_ids if statuses.get(t) == TaskStatus.IN_PROGRESS.value]
+    waiting = [t for t in task_ids if statuses.get(t) == TaskStatus.PENDING.value]
+    return running, waiting
 
 
 def _job_lint_columns(rt: Runtime, conn, job_id: str) -> tuple[str | None, str | None]:
@@ -297,18 +325,15 @@ def _give_back_attempt(rt: Runtime, task_id: str) -> None:
 
 
 def _lint_claimed(rt: Runtime, conn, job_id: str, task_id: str, member: str, source_rel: str | None,
-                  dialect_raw: str | None, options_raw: str | None) -> bool:
-    """The part of lint_task after the claim: lint (or take from the cache), write, record.
-
-    Returns True when no task of the job is left open, i.e. the job may be finalized now.
-    """
+                  dialect_raw: str | None, options_raw: str | None) -> None:
+    """The part of lint_file after the claim: lint (or take from the cache), write, record."""
     try:
         data = _read_source(rt, source_rel)
         dialect, options = lint_settings(rt, job_id, dialect_raw, options_raw)
         encoding, report, from_cache = _lint_or_cached(rt, data, member, dialect, options, task_id)
     except FileRejected as exc:
         record_failure(rt, task_id, exc.reason, str(exc))  # finalizes the job itself when last
-        return False
+        return
     doc = task_result_document(job_id, task_id, member, encoding, dialect, report)
     doc["from_cache"] = from_cache
     result_rel = write_task_result(rt.share, doc)
@@ -320,9 +345,6 @@ def _lint_claimed(rt: Runtime, conn, job_id: str, task_id: str, member: str, sou
                  report.duration_s, " (from the result cache)" if from_cache else "")
     else:
         log.warning("job=%s task=%s finished but the row was already terminal; kept as it was", job_id, task_id)
-    # Asked after our own commit: of the last two finishers, the later one sees the other's
-    # commit, so at least one of them finalizes (and finalize_job lets only one win).
-    return not repo.job_has_open_tasks(conn, job_id)
 
 
 def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options: tuple,
@@ -415,4 +437,4 @@ def write_summary(rt: Runtime, job_id: str, session=None) -> None:
     )
 
 
-__all__ = ["Runtime", "expand_job", "lint_task", "record_failure", "finalize_job", "write_summary"]
+__all__ = ["Runtime", "expand_job", "lint_task", "lint_file", "record_failure", "finalize_job", "write_summary"]

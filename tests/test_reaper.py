@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from sqlcheck import repository as repo
 from sqlcheck import reaper, workflow
-from sqlcheck.celery_app import ANALYSIS_QUEUE, ZIP_QUEUE
+from sqlcheck.celery_app import ANALYSIS_QUEUE, LINT_BATCH_TASK, ZIP_QUEUE, make_sender
 from sqlcheck.locks import lock_key
 from sqlcheck.models import Job, Task
 from sqlcheck.workflow import Runtime
@@ -78,6 +78,15 @@ def test_never_sent_tasks_are_sent_once_and_queued_ones_are_left(rt):
     again = _pass(rt, datetime.now(timezone.utc) + timedelta(seconds=1))
     assert again.resent_tasks == 0 and again.skipped == 3  # their messages wait in the queue
     assert len(redis.Redis.from_url(rt.settings.broker_url).lrange(ANALYSIS_QUEUE, 0, -1)) == 3
+
+
+def test_files_of_a_queued_batch_message_are_not_sent_again(rt):
+    job_id, ids = _job_with_tasks(rt)
+    make_sender(rt.settings).send_task(LINT_BATCH_TASK, args=[ids], task_id=f"batch-{ids[0]}", queue=ANALYSIS_QUEUE)
+    assert _queued(rt, ANALYSIS_QUEUE) == sorted(ids)
+    report = _pass(rt, datetime.now(timezone.utc) + timedelta(seconds=1))
+    assert report.resent_tasks == 0 and report.skipped == 3
+    assert len(redis.Redis.from_url(rt.settings.broker_url).lrange(ANALYSIS_QUEUE, 0, -1)) == 1
 
 
 def test_stranded_in_progress_task_is_resent_unless_a_lock_is_held(rt):

@@ -152,18 +152,18 @@ def test_create_tasks_in_batches(db):
     job_id = new_job(db, members)
     with db.session() as s:
         assert repo.create_tasks(s, job_id, [new_task(m) for m in members[:600]]) == 1203
-        assert len(repo.undispatched_task_ids(s, job_id)) == 1203
+        assert len(repo.undispatched_tasks(s, job_id)) == 1203
 
 
 def test_dispatch_is_recorded_so_a_redelivery_resends_only_the_rest(db):
     job_id = new_job(db, ["a.sql", "b.sql", "c.sql", "bad.sql"], {"bad.sql": FailureReason.TOO_LARGE})
     with db.session() as s:
-        pending = repo.undispatched_task_ids(s, job_id)
+        pending = [t for t, _ in repo.undispatched_tasks(s, job_id)]
     assert pending == [task_id(job_id, m) for m in ("a.sql", "b.sql", "c.sql")]  # never the rejected one
     with db.session() as s:
         repo.mark_dispatched(s, pending[:2])
     with db.session() as s:
-        assert repo.undispatched_task_ids(s, job_id) == pending[2:]
+        assert [t for t, _ in repo.undispatched_tasks(s, job_id)] == pending[2:]
 
 
 def test_claim_task_is_conditional_and_counts_attempts(db):
@@ -318,5 +318,5 @@ def test_undispatched_tasks_come_largest_first(db):
         repo.insert_job(s, job_id, f"uploads/{job_id}.zip", None)
     with db.session() as s:
         repo.create_tasks(s, job_id, [repo.NewTask(m, f"jobs/x/sources/{m}", n, "0" * 64) for m, n in sizes.items()])
-        pending = repo.undispatched_task_ids(s, job_id)
+        pending = [t for t, _ in repo.undispatched_tasks(s, job_id)]
     assert pending == [task_id(job_id, m) for m in ("b.sql", "c.sql", "d.sql", "a.sql")]

@@ -55,9 +55,12 @@ def test_expand_message_delivered_twice(stack):
         linted = worker.log().count(f"task={t['id']} SUCCESS")
         assert linted == 1, f"{t['archive_member']} linted {linted} times"
     assert len(finalize_lines(stack, job_id)) == 1
-    sent = [int(n) for n in re.findall(rf"job={job_id} expanded: .*, (\d+) messages sent", worker.log())]
+    sent = [int(n) for n in re.findall(rf"job={job_id} expanded: .*, (\d+) files dispatched", worker.log())]
     assert sent == [len(FILES), 0], "the second delivery must re-send only what was not sent"
-    assert len(re.findall(r"process_sql_file\[[-0-9a-f]+\] received", worker.log())) == len(FILES)
+    # tiny files travel in batches: ceil(12 / SQLCHECK_LINT_BATCH_MAX_FILES) messages, each received once
+    batches = -(-len(FILES) // stack.settings.lint_batch_max_files)
+    assert len(re.findall(r"process_sql_files\[batch-[-0-9a-f]+\] received", worker.log())) == batches
+    assert not re.findall(r"process_sql_file\[[-0-9a-f]+\] received", worker.log())
     summary = json.loads((stack.share / f"jobs/{job_id}/summary.json").read_text())
     assert summary["total_tasks"] == len(FILES) and summary["violations_by_rule"] == {"LT01": 12, "LT09": 12}
 

@@ -3,7 +3,8 @@
 Files misbehave on purpose through the test-only fault directives
 (sqlcheck/faults.py, SQLCHECK_ENABLE_FAULTS=1). Limits are small so each test
 takes seconds: soft 2 s, hard 4 s, RSS 300 MiB. In every case the other file of
-the job is linted and the job reaches its terminal status.
+the job is linted and the job reaches its terminal status. Each test runs twice: one
+message per file, and both files in one batch message (the limits then hold per file).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 
 import psutil
+import pytest
 
 from tests.helpers import make_zip, wait_until
 
@@ -31,19 +33,35 @@ GOOD_SQL = "SELECT a FROM t\n"
 KILL_LIMITS = {**LIMITS, "SQLCHECK_SOFT_TIME_LIMIT_S": "20", "SQLCHECK_HARD_TIME_LIMIT_S": "30"}
 
 
-def _job(stack, bad_sql: str, limits=LIMITS):
-    worker = stack.start_worker(concurrency=1, extra_env=limits)
+@pytest.fixture(params=["single", "batch"])
+def batch(request) -> str:
+    return request.param
+
+
+def _job(stack, bad_sql: str, limits=LIMITS, batch="single"):
+    files = "1" if batch == "single" else "8"
+    worker = stack.start_worker(concurrency=1, extra_env={**limits, "SQLCHECK_LINT_BATCH_MAX_FILES": files})
     job_id = stack.submit(make_zip({"bad.sql": bad_sql, "good.sql": GOOD_SQL}))
     return worker, job_id
+
+
+def _check_messages(worker, batch: str) -> None:
+    """The files really travelled the way the test says: two single messages, or one batch."""
+    log = worker.log()
+    if batch == "single":
+        assert "process_sql_files[" not in log and log.count("process_sql_file[") >= 2
+    else:
+        assert "process_sql_files[batch-" in log
 
 
 def _tasks(view):
     return {t["archive_member"]: t for t in view["tasks"]}
 
 
-def test_soft_time_limit_fails_the_file_as_timeout(pg_stack):
-    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=30\nSELECT 1\n")
+def test_soft_time_limit_fails_the_file_as_timeout(pg_stack, batch):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=30\nSELECT 1\n", batch=batch)
     view = pg_stack.wait_job(job_id, 90)
+    _check_messages(worker, batch)
     tasks = _tasks(view)
     assert tasks["bad.sql"]["status"] == "FAILURE"
     assert tasks["bad.sql"]["failure_reason"] == "timeout"
@@ -52,9 +70,10 @@ def test_soft_time_limit_fails_the_file_as_timeout(pg_stack):
     assert view["status"] == "PARTIAL_SUCCESS" and view["failed_tasks"] == 1 and view["succeeded_tasks"] == 1
 
 
-def test_hard_time_limit_is_recorded_once_by_the_parent(pg_stack):
-    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=60 ignore_soft=1\nSELECT 1\n")
+def test_hard_time_limit_is_recorded_once_by_the_parent(pg_stack, batch):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=60 ignore_soft=1\nSELECT 1\n", batch=batch)
     view = pg_stack.wait_job(job_id, 90)
+    _check_messages(worker, batch)
     bad = _tasks(view)["bad.sql"]
     assert bad["status"] == "FAILURE" and bad["failure_reason"] == "timeout"
     assert "hard limit" in bad["error_message"]
@@ -66,11 +85,14 @@ def test_hard_time_limit_is_recorded_once_by_the_parent(pg_stack):
     # Celery 5.7 fires task_failure twice for one hard timeout; only the first write changes the row.
     assert log.count(f"task={bad['id']} FAILURE timeout") == 1, log[-4000:]
     assert "MainProcess" in log.split(f"task={bad['id']} FAILURE timeout")[0].rsplit("\n", 1)[-1]
+    if batch == "batch":  # bad.sql is larger, so it ran first: the parent sent good.sql again
+        assert f"task={_tasks(view)['good.sql']['id']} and 0 more: not started when the batch was killed" in log
 
 
-def test_rss_over_the_limit_fails_the_file_as_memory(pg_stack):
-    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: alloc_mb=1200 hold_s=20\nSELECT 1\n")
+def test_rss_over_the_limit_fails_the_file_as_memory(pg_stack, batch):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: alloc_mb=1200 hold_s=20\nSELECT 1\n", batch=batch)
     view = pg_stack.wait_job(job_id, 90)
+    _check_messages(worker, batch)
     bad = _tasks(view)["bad.sql"]
     assert bad["status"] == "FAILURE" and bad["failure_reason"] == "memory", bad
     assert "SQLCHECK_CHILD_MAX_RSS_MB=300" in bad["error_message"]
@@ -99,11 +121,12 @@ def _view_fn(stack, job_id):
     return lambda: job_view(db, job_id)
 
 
-def test_child_sigkilled_mid_file_is_redelivered_and_finishes(pg_stack):
-    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=3\nSELECT 1\n", KILL_LIMITS)
+def test_child_sigkilled_mid_file_is_redelivered_and_finishes(pg_stack, batch):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=3\nSELECT 1\n", KILL_LIMITS, batch=batch)
     pid = _child_running(worker, _view_fn(pg_stack, job_id), "bad.sql")
     os.kill(pid, signal.SIGKILL)
     view = pg_stack.wait_job(job_id, 90)
+    _check_messages(worker, batch)
     bad = _tasks(view)["bad.sql"]
     assert bad["status"] == "SUCCESS" and bad["attempts"] == 2, bad
     assert view["status"] == "SUCCESS" and view["succeeded_tasks"] == 2
@@ -111,9 +134,10 @@ def test_child_sigkilled_mid_file_is_redelivered_and_finishes(pg_stack):
     assert psutil.Process(worker.proc.pid).is_running()  # the worker itself survived
 
 
-def test_file_killed_on_every_attempt_ends_worker_lost(pg_stack):
-    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: kill_self=1\nSELECT 1\n", KILL_LIMITS)
+def test_file_killed_on_every_attempt_ends_worker_lost(pg_stack, batch):
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: kill_self=1\nSELECT 1\n", KILL_LIMITS, batch=batch)
     view = pg_stack.wait_job(job_id, 120)
+    _check_messages(worker, batch)
     bad = _tasks(view)["bad.sql"]
     assert bad["status"] == "FAILURE" and bad["failure_reason"] == "worker_lost", bad
     assert bad["attempts"] == 3  # SQLCHECK_MAX_ATTEMPTS, then no more runs
@@ -121,11 +145,12 @@ def test_file_killed_on_every_attempt_ends_worker_lost(pg_stack):
     assert view["status"] == "PARTIAL_SUCCESS"
 
 
-def test_idle_child_over_the_recycle_limit_is_replaced_gracefully(pg_stack):
+def test_idle_child_over_the_recycle_limit_is_replaced_gracefully(pg_stack, batch):
     limits = {**KILL_LIMITS, "SQLCHECK_CHILD_RECYCLE_RSS_MB": "150", "SQLCHECK_CHILD_MAX_RSS_MB": "600"}
-    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: leak_mb=250 sleep_s=1\nSELECT 1\n", limits)
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: leak_mb=250 sleep_s=1\nSELECT 1\n", limits, batch=batch)
     pid = _child_running(worker, _view_fn(pg_stack, job_id), "bad.sql")
     view = pg_stack.wait_job(job_id, 90)
+    _check_messages(worker, batch)
     assert view["status"] == "SUCCESS"  # the leaky file itself is fine: recycling happens between files
     assert [t["attempts"] for t in view["tasks"]] == [1, 1]
     wait_until(lambda: not psutil.pid_exists(pid), 30, f"leaky child {pid} replaced")

@@ -74,3 +74,29 @@ def test_redis_error_outlasting_every_retry_ends_failure_with_the_real_error(tmp
     finally:
         for worker in stack.workers:
             worker.stop()
+
+
+def test_redis_error_mid_batch_retries_from_that_file_on(tmp_path, redis_url, pg_server_url):
+    """Three small files in one batch message; the second hits the outage. The retry carries the
+    second and third only: the first is not linted again and every file ends SUCCESS once."""
+    stack = _stack(tmp_path, redis_url, pg_server_url, max_retries=5)
+    files = {"first.sql": "-- the largest file, so it runs first" + " " * 80 + "\nSELECT 1\n",
+             "flaky.sql": "-- sqlcheck-fault: redis_errors=2\nSELECT 1\n",
+             "third.sql": "SELECT 3\n"}
+    try:
+        w = stack.start_worker(concurrency=1)
+        job_id = stack.submit(make_zip(files))
+        view = stack.wait_job(job_id, 60)
+        log = w.log()
+        assert view["status"] == "SUCCESS", log[-4000:]
+        ids = {t["archive_member"]: t["id"] for t in view["tasks"]}
+        assert [m[0] for m in RETRY_LINE.findall(log)] == [ids["flaky.sql"]] * 2
+        for member, task_id in ids.items():
+            assert log.count(f"task={task_id} SUCCESS") == 1, member
+            assert log.count(f"task={task_id} lint started") == (3 if member == "flaky.sql" else 1), member
+        assert all(t["attempts"] == 1 for t in view["tasks"])
+        received = re.findall(r"process_sql_files\[batch-[^\]]+\] received", log)
+        assert len(received) == 3  # the batch, then two retries of its rest
+    finally:
+        for worker in stack.workers:
+            worker.stop()
