@@ -26,10 +26,14 @@ def resolve_inside(base: Path, relative: str | PurePosixPath) -> Path:
 
     Symlinks already on disk are resolved too, so a planted link cannot redirect a write.
     """
+    return _join_inside(base.resolve(), relative)
+
+
+def _join_inside(base: Path, relative: str | PurePosixPath) -> Path:
+    """resolve_inside for a ``base`` that is already resolved (saves its lstat calls per path)."""
     rel = str(relative)
     if rel.startswith("/") or "\x00" in rel:
         raise OutsideShare(f"path {rel!r} is absolute or invalid")
-    base = base.resolve()
     target = (base / rel).resolve()
     if target != base and base not in target.parents:
         raise OutsideShare(f"path {rel!r} leaves {base}")
@@ -43,7 +47,7 @@ class SharePaths:
         self.root = root.resolve()
 
     def absolute(self, relative: str) -> Path:
-        return resolve_inside(self.root, relative)
+        return _join_inside(self.root, relative)
 
     def relative(self, path: Path) -> str:
         return path.resolve().relative_to(self.root).as_posix()
