@@ -215,7 +215,7 @@ def run(plan: ChaosPlan, say: Callable[[str], None] = print) -> Figures:
         figures.seconds = time.monotonic() - started
         time.sleep(2)  # let the finishing writes (summary.json) land
         _check(db, settings, job_id, plan, nodes, status, figures)
-        db.dispose()
+        db.engine.dispose()
         return figures
     finally:
         for node in nodes:

@@ -44,7 +44,7 @@ def submit_zip(settings: Settings, zip_file: Path, dialect: str | None = None, o
     with db.session() as s:
         repo.insert_job(s, job_id, rel, dialect, options)
     send_expand(make_sender(settings), job_id)
-    db.dispose()
+    db.engine.dispose()
     return job_id
 
 

@@ -464,7 +464,7 @@ def job_overview(settings: Settings, limit: int = 20) -> dict[str, Any]:
                 running.append({"job_id": job.id, "done": done, "total": job.total_tasks})
         return {"counts": counts, "running": running}
     finally:
-        db.dispose()
+        db.engine.dispose()
 
 
 def status(settings: Settings, bin_dir: Path | None = None) -> dict[str, Any]:

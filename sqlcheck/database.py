@@ -16,12 +16,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_ID = 0x5C1C4EC
 
 
-def make_engine(url: str, synchronous_commit: bool = True) -> Engine:
-    """Create an engine; SQLite gets WAL and a busy timeout so several workers can share it.
-
-    ``synchronous_commit=False`` (PostgreSQL only): a commit returns before its WAL record is
-    flushed to disk; see Database.autocommit for why the per-file path may use it.
-    """
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL and a busy timeout so several workers can share it."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -42,8 +38,7 @@ def make_engine(url: str, synchronous_commit: bool = True) -> Engine:
         pool_pre_ping=True,  # a restarted PostgreSQL must not fail the next task
         pool_size=2,
         max_overflow=2,
-        connect_args={"connect_timeout": 5,  # the main process's failure handler must not hang
-                      **({} if synchronous_commit else {"options": "-c synchronous_commit=off"})},
+        connect_args={"connect_timeout": 5},  # the main process's failure handler must not hang
     )
 
 
@@ -55,7 +50,6 @@ class Database:
         self._engine: Engine | None = None
         self._pid: int | None = None
         self._sessions: sessionmaker | None = None
-        self._fast_engine: Engine | None = None  # the autocommit path's own pool (see autocommit)
 
     @property
     def engine(self) -> Engine:
@@ -63,19 +57,10 @@ class Database:
             if self._engine is not None:
                 # Inherited from the parent: drop its sockets without closing them under the parent.
                 self._engine.dispose(close=False)
-            if self._fast_engine is not None:
-                self._fast_engine.dispose(close=False)
-                self._fast_engine = None
             self._engine = make_engine(self.url)
             self._pid = os.getpid()
             self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         return self._engine
-
-    def dispose(self) -> None:
-        """Close every pooled connection of this process (both pools)."""
-        for engine in (self._engine, self._fast_engine):
-            if engine is not None:
-                engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -95,19 +80,9 @@ class Database:
         """A connection on which each statement commits by itself.
 
         For the per-file hot path, whose steps are single conditional statements: a
-        transaction around each would only add BEGIN/COMMIT round trips. On PostgreSQL these
-        connections do not wait for the WAL flush (synchronous_commit=off; 0.2-0.4 ms per
-        statement here). A PostgreSQL crash can then forget the last fraction of a second of
-        claims and file results, never corrupt them: those files go back to open and are linted
-        again (the reaper re-sends them). Job transitions use session(), which stays durable,
-        and since the WAL is flushed in order, a durable job status implies its files' rows.
+        transaction around each would only add BEGIN/COMMIT round trips.
         """
-        engine = self.engine
-        if engine.dialect.name == "postgresql":
-            if self._fast_engine is None:
-                self._fast_engine = make_engine(self.url, synchronous_commit=False)
-            engine = self._fast_engine
-        with engine.connect() as conn:
+        with self.engine.connect() as conn:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 

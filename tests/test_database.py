@@ -38,17 +38,3 @@ def test_concurrent_upgrades_of_a_fresh_database_all_succeed():
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-
-
-def test_only_the_per_file_autocommit_path_skips_the_wal_flush_wait(pg_server_url):
-    """Per-file claims and results may be re-done after a PostgreSQL crash; job transitions may not."""
-    from sqlcheck.database import Database
-
-    db = Database(pg_server_url)
-    try:
-        with db.autocommit() as conn:
-            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
-        with db.session() as s:
-            assert s.execute(text("SHOW synchronous_commit")).scalar() == "on"
-    finally:
-        db.dispose()
