@@ -113,7 +113,7 @@ def worker_programs(plan: RenderPlan) -> list[ProgramSpec]:
         ProgramSpec(
             name="zip",
             argv=(ctl, "worker", "--queues", "zip_processing", "--concurrency", "1", "--name", zip_node),
-            why="expands uploaded ZIPs and sends one lint message per file; one child is enough (I/O bound)",
+            why="expands uploaded ZIPs and sends the lint messages (small files batched); one child is enough (I/O bound)",
             stopwaitsecs=s.zip_hard_time_limit_s + STOP_MARGIN_S,
             celery_node=zip_node,
         ),
