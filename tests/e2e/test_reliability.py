@@ -190,7 +190,8 @@ def test_reaper_resends_the_task_of_a_killed_host(tmp_path, redis_url, pg_server
     try:
         doomed = stack.start_worker(queues="sql_analysis", concurrency=1, name="doomed@h1")
         job_id = stack.submit(make_zip({"slow.sql": SLOW_SQL[: len(SLOW_SQL) // 3]}))
-        _expand_without_sending(stack, job_id, Sender(stack.settings).lint)
+        sender = Sender(stack.settings)
+        _expand_without_sending(stack, job_id, lambda messages: sender.lint([t for m in messages for t in m]))
         wait_until(lambda: _view(stack, job_id)["tasks"][0]["status"] == "IN_PROGRESS", 30, "the task running")
         doomed.kill()  # main process and child: the message waits in `unacked` for an hour
         killed_at = time.monotonic()
