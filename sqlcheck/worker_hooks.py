@@ -2,10 +2,13 @@
 
 - task_failure (main process): a hard time limit killed a child; record it.
 - worker_process_init (each child): warm the Linter so the first file is not slow.
+- task_postrun (each child): give the memory freed by a lint message back to the system.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 
 from celery import signals
@@ -65,6 +68,25 @@ def on_worker_process_init(**_kwargs) -> None:
         log.exception("linter warm-up failed; files will still be linted")
 
 
+def _load_malloc_trim():
+    """glibc's malloc_trim, or None elsewhere (musl, macOS): then nothing is trimmed."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def on_task_postrun(sender=None, **_kwargs) -> None:
+    """After each lint message: memory freed by parsing stays in glibc's heap and the child's
+    RSS only grows (about 8 MiB per pass over the bench corpus); trimming returns the free
+    top and free pages to the system (0.3-0.7 ms, once per message, not per file)."""
+    if _malloc_trim is not None and getattr(sender, "name", None) in (LINT_TASK, LINT_BATCH_TASK):
+        _malloc_trim(0)
+
+
 def record_memory_failure(task_name: str, target, rss_mb: float) -> None:
     """The watchdog is about to kill a child: fail its file, or its job when it was expanding a ZIP
     (otherwise the redelivered ZIP message would balloon again, forever). A batch is redelivered
@@ -84,6 +106,7 @@ def install(settings: Settings) -> None:
     """Connect the handlers and add the watchdog bootstep; call once, before the worker starts."""
     signals.task_failure.connect(on_task_failure, weak=False)
     signals.worker_process_init.connect(on_worker_process_init, weak=False)
+    signals.task_postrun.connect(on_task_postrun, weak=False)
     app.conf.update(
         sqlcheck_child_max_rss_mb=settings.child_max_rss_mb,
         sqlcheck_child_recycle_rss_mb=settings.child_recycle_rss_mb,

@@ -49,3 +49,17 @@ def _doc(states, pings, sup=None):
 ])
 def test_overall_state_follows_lsb_meanings(doc, state):
     assert overall_state(doc) == state
+
+
+def test_lint_messages_give_freed_memory_back_and_other_tasks_do_not(monkeypatch):
+    from types import SimpleNamespace
+
+    from sqlcheck import worker_hooks
+    from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK
+
+    assert worker_hooks._malloc_trim is not None  # glibc on every machine we run on
+    calls = []
+    monkeypatch.setattr(worker_hooks, "_malloc_trim", lambda pad: calls.append(pad) or 1)
+    for name in (LINT_TASK, LINT_BATCH_TASK, EXPAND_TASK, "celery.ping"):
+        worker_hooks.on_task_postrun(sender=SimpleNamespace(name=name))
+    assert calls == [0, 0]
