@@ -120,7 +120,7 @@ def small_files(n: int) -> dict[str, bytes]:
 class Stack:
     """SQLCHECK_HOME, PostgreSQL database and Redis db of this run, and the processes started on them."""
 
-    def __init__(self, work: Path, redis_db: int, processes: int, rust: bool):
+    def __init__(self, work: Path, redis_db: int, processes: int, rust: bool, batch_files: int | None = None):
         self.work = work
         self.pg_name = f"sqlcheck_bench_{uuid.uuid4().hex[:8]}"
         self.redis_db = claim_redis_db(redis_db)
@@ -136,6 +136,8 @@ class Stack:
             SQLCHECK_RUST_PARSER="on" if rust else "off",
             SQLCHECK_REAPER_LOST_AFTER_S="3600",  # the 10k job's purged messages must not be re-sent
         )
+        if batch_files is not None:
+            self.env["SQLCHECK_LINT_BATCH_MAX_FILES"] = str(batch_files)
         self.redis = redis.Redis.from_url(self.broker)
         self.started = False
 
@@ -263,7 +265,8 @@ def run_cli(dialect: str, folder: Path, processes: int, config: Path) -> tuple[f
     return wall, found
 
 
-def run_pipeline(stack: Stack, zip_path: Path, dialect: str, timeout_s: float = 900) -> tuple[float, str]:
+def run_pipeline(stack: Stack, zip_path: Path, dialect: str, timeout_s: float = 900) -> tuple[float, str, float]:
+    """(wall seconds from submit to the job row's finished_at, job id, submit time)."""
     from sqlcheck.client import submit_zip, wait_for_job
     from sqlcheck.database import Database
 
@@ -279,7 +282,7 @@ def run_pipeline(stack: Stack, zip_path: Path, dialect: str, timeout_s: float = 
     db.engine.dispose()
     if status != "SUCCESS":
         raise SystemExit(f"bin/bench: job {job_id} ended {status}")
-    return wall, job_id
+    return wall, job_id, started
 
 
 def pipeline_findings(stack: Stack, job_id: str) -> tuple[dict[str, list], list, int]:
@@ -319,6 +322,17 @@ def per_file_overheads(timing: list[tuple[float, float, float]], children: int) 
         if lint_s is not None and queue is not None:
             out.append((finished - started - lint_s, queue))
     return out
+
+
+def wall_split(timing: list[tuple[float, float, float]], submitted: float, finished: float,
+               children: int) -> dict[str, float]:
+    """Where (b)'s wall went: submit to the first claim (expand, rows, first message), first claim to
+    last recorded result (linting), then to the job's end (finalize, summary); and the children's
+    lint seconds per child ("busy": divided by the linting span, the share of it spent linting)."""
+    first = min(started for started, _, _ in timing)
+    last = max(ended for _, ended, _ in timing)
+    return {"start": first - submitted, "lint": last - first, "end": finished - last,
+            "busy": sum(lint_s or 0.0 for _, _, lint_s in timing) / children}
 
 
 def run_single_process(texts: list[tuple[str, str]], dialect: str, rust: bool) -> float:
@@ -397,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 2, help="N: CLI --processes = analysis children")
     ap.add_argument("--parser", choices=("rust", "python"), default="rust",
                     help="rust = SQLCHECK_RUST_PARSER=on (default), python = off; the CLI uses the same")
+    ap.add_argument("--batch-files", type=int, default=None,
+                    help="SQLCHECK_LINT_BATCH_MAX_FILES for (b); default the setting's default, 1 = one message per file")
     ap.add_argument("--large-lines", default="150,300", help="line counts of the generated larger files per dialect")
     ap.add_argument("--small-files", type=int, default=10_000, help="files in the small-file ZIP (0 = skip)")
     ap.add_argument("--redis-db", type=int, default=0,
@@ -426,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"corpus: {total_files} files ({', '.join(f'{d} {len(f)}' for d, f in corpus.items())}) from {source}, "
         f"incl. generated files of {args.large_lines} lines per dialect; sqlfluff {SQLFLUFF_VERSION}, "
         f"parser {parser_kind(rust)}; N={n}; {args.reps} reps, order rotated, medians")
-    stack = Stack(work, args.redis_db, n, rust)
+    stack = Stack(work, args.redis_db, n, rust, args.batch_files)
+    say(f"sqlcheck lint messages: small files in batches of up to {stack.settings.lint_batch_max_files} files / "
+        f"{stack.settings.lint_batch_max_bytes} bytes (SQLCHECK_LINT_BATCH_MAX_FILES / _BYTES)")
     progress(f"Redis db {stack.redis_db}, PostgreSQL database {stack.pg_name}, SQLCHECK_HOME {work / 'home'}")
     sampler = RssSampler(stack)
     mismatches: list[str] = []
@@ -437,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         # warm: one job per dialect so every child has built that dialect's Linter
         for d in dialects:
             run_pipeline(stack, zips[d], d)
+        split: list[dict[str, float]] = []
         a_s: list[float] = []
         b_s: list[float] = []
         c_s: list[float] = []
@@ -445,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         last_found: dict[str, dict] = {}
         for rep in range(args.reps):
             sums = {"a": 0.0, "b": 0.0, "c": 0.0}
+            split.append(dict.fromkeys(("start", "lint", "end", "busy"), 0.0))
             # empty once per repetition: keys differ per dialect, so every (b) job lints every file
             # (duplicates inside one ZIP excepted), and the last repetition leaves the cache warm
             clear_cache(stack)
@@ -455,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                         wall, cli_found = run_cli(d, folders[d], n, config)
                     elif kind == "b":
                         sampler.phase, _ = f"b{rep}", sampler.active.set()
-                        wall, job_id = run_pipeline(stack, zips[d], d)
+                        wall, job_id, submitted = run_pipeline(stack, zips[d], d)
                         sampler.active.clear()
                     else:
                         wall = run_single_process(texts[d], d, rust)
@@ -463,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                     per_dialect[d][kind].append(wall)
                 found, timing, _cached = pipeline_findings(stack, job_id)
                 overheads += per_file_overheads(timing, n)
+                for part, seconds in wall_split(timing, submitted, submitted + per_dialect[d]["b"][-1], n).items():
+                    split[-1][part] += seconds
                 last_found[d] = found
                 if found != cli_found:
                     bad = sorted(m for m in set(found) | set(cli_found) if found.get(m) != cli_found.get(m))
@@ -474,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         # identical re-submission: the cache still holds the last (b) run's results
         resub, resub_cached, resub_same = 0.0, 0, True
         for d in dialects:
-            wall, job_id = run_pipeline(stack, zips[d], d)
+            wall, job_id, _ = run_pipeline(stack, zips[d], d)
             resub += wall
             found, _, cached = pipeline_findings(stack, job_id)
             resub_cached += cached
@@ -507,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
         nf = len(corpus[d])
         say(f"    {d:<10} {nf:4d} files: (a) {nf / med(pd['a']):6.1f}  (b) {nf / med(pd['b']):6.1f}  "
             f"(c) limit {n * nf / med(pd['c']):6.1f} files/s")
+    mid = sorted(range(len(split)), key=lambda i: b_s[i])[len(split) // 2]  # the median (b) repetition
+    sp = split[mid]
+    say(f"(b) wall split (median repetition, all dialects): {sp['start']:.2f} s submit -> first claim, "
+        f"{sp['lint']:.2f} s linting (children busy linting {100 * sp['busy'] / max(sp['lint'], 1e-9):.0f}% of it), "
+        f"{sp['end']:.2f} s last result -> job SUCCESS")
     say(f"ratio b/a: {fb / fa:.2f}  (target >= 2.0: {'met' if fb / fa >= 2.0 else 'NOT met'})")
     say(f"ratio b/limit: {fb / limit:.2f}  (target >= 0.9 with the pure-Python parser; this run: {args.parser})")
     say(f"per-file overhead (queue + DB + result write), median: {med(per_file):.2f} ms "
