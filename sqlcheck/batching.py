@@ -22,7 +22,6 @@ def plan_messages(files: Iterable[tuple[str, int]], max_files: int, max_bytes: i
     batch: list[str] = []
     batch_bytes = 0
     for task_id, size in files:
-        size = max(size or 0, 0)
         if batch and (len(batch) >= max_files or batch_bytes + size > max_bytes):
             messages.append(batch)
             batch, batch_bytes = [], 0

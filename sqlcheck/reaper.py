@@ -110,7 +110,10 @@ def queued_args(client: redis.Redis, queue: str) -> set[str]:
         _task_id, args = message_task_id_and_args(raw)
         if args:
             first = args[0]
-            found.update(str(a) for a in first) if isinstance(first, list) else found.add(str(first))
+            if isinstance(first, list):
+                found.update(str(a) for a in first)
+            else:
+                found.add(str(first))
     return found
 
 

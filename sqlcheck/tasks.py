@@ -213,9 +213,7 @@ def _retry_lock_outage(task, exc: Exception, transient_retries: int, args: tuple
     (its rows stay PENDING and the reaper sends them again later)."""
     if transient_retries >= runtime().settings.max_retries:
         raise exc
-    _count_retry("transient")
-    raise task.retry(exc=exc, args=args, countdown=_retry_delay(transient_retries), max_retries=task.request.retries + 1,
-                     kwargs={"transient_retries": transient_retries + 1}) from None
+    _retry_later(task, args, transient_retries, _retry_delay(transient_retries), exc)
 
 
 def _retries_left(exc: Exception, transient_retries: int) -> bool:
@@ -227,8 +225,14 @@ def _retry_outage(task, task_id: str, exc: Exception, transient_retries: int, ar
     delay = _retry_delay(transient_retries)
     log.warning("task=%s transient error (%s: %s); retry %d in %.1fs",
                 task_id, exc.__class__.__name__, _first_line(exc), transient_retries + 1, delay)
+    _retry_later(task, args, transient_retries, delay)
+
+
+def _retry_later(task, args: tuple, transient_retries: int, delay: float, exc: Exception | None = None) -> NoReturn:
+    """Count one outage retry and send the message again (with `args`) after `delay` seconds."""
     _count_retry("transient")
-    raise task.retry(args=args, countdown=delay, max_retries=task.request.retries + 1,
+    # Celery's own bound is always one more: `transient_retries` is the one that stops us
+    raise task.retry(exc=exc, args=args, countdown=delay, max_retries=task.request.retries + 1,
                      kwargs={"transient_retries": transient_retries + 1}) from None
 
 
