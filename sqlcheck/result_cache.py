@@ -21,6 +21,7 @@ import json
 import logging
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,7 @@ class ResultCache:
 
     def __init__(self, client: redis.Redis, ttl_s: int, max_entries: int):
         self.client, self.ttl_s, self.max_entries = client, ttl_s, max_entries
+        self._deferred: dict[str, tuple[bytes, CachedResult]] | None = None  # see deferred_puts
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int, max_entries: int) -> "ResultCache | None":
@@ -87,6 +89,9 @@ class ResultCache:
     def get_many(self, keys: list[str]) -> dict[str, CachedResult]:
         """The hits among ``keys`` (MGET in chunks): one round trip per 1,000 files."""
         found: dict[str, CachedResult] = {}
+        if self._deferred:
+            found = {key: self._deferred[key][1] for key in keys if key in self._deferred}
+            keys = [key for key in keys if key not in found]
         try:
             for start in range(0, len(keys), 1000):
                 chunk = keys[start:start + 1000]
@@ -99,15 +104,37 @@ class ResultCache:
         return found
 
     def put(self, key: str, result: CachedResult) -> bool:
-        """Store a result; evict the oldest entries when over the cap. False if not stored."""
+        """Store a result (or keep it for the end of a deferred_puts block). False if not stored."""
         doc = {"violations": result.violations, "parse_errors": result.parse_errors, "encoding": result.encoding}
         value = zlib.compress(json.dumps(doc, separators=(",", ":")).encode("utf-8"), 1)
         if len(value) > MAX_VALUE_BYTES:
             return False
+        if self._deferred is not None:
+            self._deferred[key] = (value, result)
+            return True
+        return self._store({key: value})
+
+    @contextmanager
+    def deferred_puts(self):
+        """Within the block, puts are kept and stored together when it ends, in one round trip,
+        not one per file (a batch message's files); gets inside the block see them. A child
+        that dies inside the block loses them, which costs a cache only its hits."""
+        self._deferred = {}
+        try:
+            yield self
+        finally:
+            deferred, self._deferred = self._deferred, None
+            if deferred:
+                self._store({key: value for key, (value, _) in deferred.items()})
+
+    def _store(self, values: dict[str, bytes]) -> bool:
+        """SET each value with the TTL, index them, evict the oldest when over the cap."""
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.set(key, value, ex=self.ttl_s)
-            pipe.zadd(INDEX_KEY, {key: time.time()})
+            for key, value in values.items():
+                pipe.set(key, value, ex=self.ttl_s)
+            now = time.time()  # later puts score higher, so eviction keeps insertion order
+            pipe.zadd(INDEX_KEY, {key: now + i * 1e-6 for i, key in enumerate(values)})
             pipe.zcard(INDEX_KEY)
             size = pipe.execute()[-1]
             if size > self.max_entries:

@@ -159,28 +159,10 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
         log.info("tasks %s are being linted elsewhere; each is sent on alone to wait for its lock", ",".join(busy))
         send_lint_messages([[task_id] for task_id in busy])
     held = [lock.task_id for lock in locks]
-    not_started: list[str] = []
-    outage_retried = transient_retries < settings.max_retries
-    started = time.monotonic()
     try:
         with rt.db.autocommit() as conn:
-            job_ids = set()
-            for i, task_id in enumerate(held):
-                if i and time.monotonic() - started > settings.soft_time_limit_s:
-                    not_started = held[i:]
-                    break
-                try:
-                    with soft_time_limit(settings.soft_time_limit_s):
-                        job_id = workflow.lint_file(rt, conn, task_id, hostname, outage_retried)
-                    if job_id is not None:
-                        job_ids.add(job_id)
-                except SoftTimeLimitExceeded:
-                    _record_soft_timeout(rt, task_id)
-                except Exception as exc:
-                    if _retries_left(exc, transient_retries):
-                        _release_quietly(locks)
-                        _retry_outage(self, task_id, exc, transient_retries, args=(held[i:],))
-                    _record_lint_error(rt, task_id, exc, transient_retries)
+            with workflow.deferred_cache_writes(rt):
+                job_ids, not_started = _lint_in_turn(self, rt, conn, held, locks, hostname, transient_retries)
             for job_id in job_ids:
                 workflow.finalize_if_complete(rt, conn, job_id)
     finally:
@@ -189,6 +171,32 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
         log.info("task=%s and %d more: batch ran past the soft limit; sent on as a new batch",
                  not_started[0], len(not_started) - 1)
         send_lint_messages([not_started])
+
+
+def _lint_in_turn(task, rt: Runtime, conn, held: list[str], locks: list[TaskLock], hostname: str,
+                  transient_retries: int) -> tuple[set[str], list[str]]:
+    """Lint the batch's files one after the other, each under its own soft limit. Returns the
+    jobs touched and the files not started because the batch ran past the soft limit."""
+    settings = rt.settings
+    outage_retried = transient_retries < settings.max_retries
+    started = time.monotonic()
+    job_ids: set[str] = set()
+    for i, task_id in enumerate(held):
+        if i and time.monotonic() - started > settings.soft_time_limit_s:
+            return job_ids, held[i:]
+        try:
+            with soft_time_limit(settings.soft_time_limit_s):
+                job_id = workflow.lint_file(rt, conn, task_id, hostname, outage_retried)
+            if job_id is not None:
+                job_ids.add(job_id)
+        except SoftTimeLimitExceeded:
+            _record_soft_timeout(rt, task_id)
+        except Exception as exc:
+            if _retries_left(exc, transient_retries):
+                _release_quietly(locks)
+                _retry_outage(task, task_id, exc, transient_retries, args=(held[i:],))
+            _record_lint_error(rt, task_id, exc, transient_retries)
+    return job_ids, []
 
 
 @contextmanager

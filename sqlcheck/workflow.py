@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -267,6 +268,11 @@ def lint_file(rt: Runtime, conn, task_id: str, hostname: str, outage_retried: bo
             _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
         raise
     return job_id
+
+
+def deferred_cache_writes(rt: Runtime):
+    """Around a batch's files: their results go to the result cache together at the end."""
+    return rt.result_cache.deferred_puts() if rt.result_cache is not None else nullcontext()
 
 
 def finalize_if_complete(rt: Runtime, conn, job_id: str) -> None:

@@ -70,3 +70,21 @@ def test_identical_resubmission_is_served_from_the_cache(pg_stack):
     third = pg_stack.wait_job(pg_stack.submit(zip_bytes, dialect="postgres"), 60)
     assert third["status"] == "SUCCESS"
     assert not any(doc["from_cache"] for doc in _results(pg_stack, third).values() if doc["archive_member"] != "dir/same_as_a.sql")
+
+
+def test_deferred_puts_are_stored_together_at_the_end_and_seen_inside(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    client.delete(INDEX_KEY)
+    cache = ResultCache(client, ttl_s=60, max_entries=2)
+    keys = [cache_key(f"SELECT {i}\n".encode(), "ansi", (), "python") for i in range(3)]
+    with cache.deferred_puts():
+        for i, key in enumerate(keys):
+            assert cache.put(key, CachedResult([{"code": "LT01", "n": i}], 0, "utf-8"))
+        assert client.exists(*keys) == 0  # nothing sent yet
+        assert cache.get(keys[0]).violations == [{"code": "LT01", "n": 0}]  # but a later file of the batch sees it
+    # stored at the end of the block, capped like single puts
+    assert client.zcard(INDEX_KEY) == 2 and client.exists(*keys) == 2
+    assert cache.get_many(keys).keys() <= set(keys) and len(cache.get_many(keys)) == 2
+    assert 0 < client.ttl(keys[2]) <= 60
+    cache.put(keys[0], CachedResult([], 0, "utf-8"))  # outside a block: stored at once
+    assert cache.get(keys[0]).violations == []
