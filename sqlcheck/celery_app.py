@@ -42,7 +42,9 @@ def celery_config(settings: Settings) -> dict:
         task_ignore_result=True,  # status lives in the database; a Redis blip cannot fail a finished file
         task_track_started=False,
         worker_prefetch_multiplier=1,  # reserve only what the pool can run; keeps children evenly loaded
-        worker_max_tasks_per_child=1000,
+        # sqlfluff's Rust bridge leaks a little per file (~9 KiB, see README "Performance"): a child
+        # is replaced after this many messages; forked from the warm main process, it starts warm
+        worker_max_tasks_per_child=settings.child_max_messages,
         worker_cancel_long_running_tasks_on_connection_loss=False,  # keep linting through broker blips
         worker_soft_shutdown_timeout=0,  # SIGTERM = plain warm shutdown
         worker_send_task_events=True,  # Flower and `celery events` work unchanged

@@ -115,6 +115,9 @@ def get_linter(dialect: str, options: tuple[tuple[str, Any], ...] = (), rust_par
     """
     from sqlfluff.core import FluffConfig, Linter
     from sqlfluff.core.errors import SQLFluffUserError
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0  # sqlfluff's progress bars would start a thread; warm processes fork children
 
     try:
         overrides, configs = _config_overrides(dialect, options, rust_parser)

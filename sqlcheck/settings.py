@@ -69,6 +69,9 @@ class Settings:
     child_max_rss_mb: int = field(
         default=1024, metadata=_env("SQLCHECK_CHILD_MAX_RSS_MB", "pool child RSS that gets the running file failed (memory), MiB")
     )
+    child_max_messages: int = field(
+        default=100, metadata=_env("SQLCHECK_CHILD_MAX_MESSAGES", "lint messages a pool child handles before a fresh (warm) one replaces it")
+    )
     child_recycle_rss_mb: int = field(
         default=512, metadata=_env("SQLCHECK_CHILD_RECYCLE_RSS_MB", "RSS above which a child is replaced between files, MiB")
     )

@@ -86,6 +86,8 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int | None = 
     from sqlcheck import tasks, worker_hooks
 
     tasks.set_runtime(Runtime.from_settings(settings))
+    if ANALYSIS_QUEUE in queues:
+        worker_hooks.warm_linter()  # before the pool forks: every child, and each replacement, starts warm
     app = configure_app(settings)
     worker_hooks.install(settings)
     concurrency = concurrency or (1 if queues == [ZIP_QUEUE] else settings.analysis_concurrency)

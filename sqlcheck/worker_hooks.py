@@ -59,13 +59,18 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwa
         log.exception("task=%s could not record the hard time limit", task_id)
 
 
-def on_worker_process_init(**_kwargs) -> None:
-    """Each new child: build and warm the default dialect's Linter once."""
+def warm_linter() -> None:
+    """Build and warm the default dialect's Linter (a no-op where it is warm already)."""
     try:
         settings = tasks.runtime().settings
         lint_engine.warm_up(settings.default_dialect, settings.rust_parser == "on")
     except Exception:
         log.exception("linter warm-up failed; files will still be linted")
+
+
+def on_worker_process_init(**_kwargs) -> None:
+    """Each new child: warm, unless it was forked from a warm main process."""
+    warm_linter()
 
 
 def _load_malloc_trim():
