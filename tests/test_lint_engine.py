@@ -91,6 +91,16 @@ def test_linter_cached_per_dialect_and_options():
     assert get_linter("ansi", (("rules", "LT01"),)) is not get_linter("ansi")
 
 
+def test_inline_config_applies_to_its_own_file_only():
+    """The warm Linter shares one configuration between files; an inline `-- sqlfluff:` line
+    changes a copy, for that file alone."""
+    long_line = "SELECT aaaaaaaaaa, bbbbbbbbbb FROM t\n"
+    with_directive = lint_sql("-- sqlfluff:max_line_length:20\n" + long_line, "a.sql", "ansi")
+    assert "LT05" in {v["code"] for v in with_directive.violations}
+    after = lint_sql(long_line, "b.sql", "ansi")
+    assert "LT05" not in {v["code"] for v in after.violations}
+
+
 def test_rule_options_change_the_result():
     report = lint_sql("select a,b from t\n", "x.sql", "ansi", (("rules", "LT01"),))
     assert {v["code"] for v in report.violations} == {"LT01"}
