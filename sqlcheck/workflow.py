@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: sends one lint message per list of task ids (one id, or a batch); provided by the Celery layer
 SendLintMessages = Callable[[Sequence[Sequence[str]]], None]
 #: jobs whose (dialect, options) a process remembers before it starts over
-JOB_COLUMNS_KEPT = 1024
+JOB_SETTINGS_KEPT = 1024
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Runtime:
     db: Database
     share: SharePaths
     result_cache: ResultCache | None = None  # None = every file is linted
-    job_columns: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # see _job_lint_columns
+    job_settings: dict[str, tuple[str, tuple]] = field(default_factory=dict)  # see _job_lint_settings
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Runtime":
@@ -260,9 +260,8 @@ def lint_file(rt: Runtime, conn, task_id: str, hostname: str, outage_retried: bo
     log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, claimed.archive_member,
              claimed.attempts)
     try:
-        dialect_raw, options_raw = _job_lint_columns(rt, conn, job_id)
-        _lint_claimed(rt, conn, job_id, task_id, claimed.archive_member, claimed.source_file_path,
-                      dialect_raw, options_raw)
+        dialect, options = _job_lint_settings(rt, conn, job_id)
+        _lint_claimed(rt, conn, job_id, task_id, claimed.archive_member, claimed.source_file_path, dialect, options)
     except Exception as exc:
         if outage_retried and is_transient(exc):
             _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
@@ -293,13 +292,14 @@ def running_and_waiting(rt: Runtime, task_ids: Sequence[str]) -> tuple[list[str]
     return running, waiting
 
 
-def _job_lint_columns(rt: Runtime, conn, job_id: str) -> tuple[str | None, str | None]:
-    """The job's (dialect, options), read once per job per process: they never change."""
-    found = rt.job_columns.get(job_id)
+def _job_lint_settings(rt: Runtime, conn, job_id: str) -> tuple[str, tuple]:
+    """The job's effective (dialect, sqlfluff options), worked out once per job per process:
+    the job row and the uploaded .sqlfluff never change."""
+    found = rt.job_settings.get(job_id)
     if found is None:
-        if len(rt.job_columns) >= JOB_COLUMNS_KEPT:
-            rt.job_columns.clear()
-        found = rt.job_columns[job_id] = repo.job_lint_columns(conn, job_id)
+        if len(rt.job_settings) >= JOB_SETTINGS_KEPT:
+            rt.job_settings.clear()
+        found = rt.job_settings[job_id] = lint_settings(rt, job_id, *repo.job_lint_columns(conn, job_id))
     return found
 
 
@@ -331,11 +331,10 @@ def _give_back_attempt(rt: Runtime, task_id: str) -> None:
 
 
 def _lint_claimed(rt: Runtime, conn, job_id: str, task_id: str, member: str, source_rel: str | None,
-                  dialect_raw: str | None, options_raw: str | None) -> None:
+                  dialect: str, options: tuple) -> None:
     """The part of lint_file after the claim: lint (or take from the cache), write, record."""
     try:
         data = _read_source(rt, source_rel)
-        dialect, options = lint_settings(rt, job_id, dialect_raw, options_raw)
         encoding, report, from_cache = _lint_or_cached(rt, data, member, dialect, options, task_id)
     except FileRejected as exc:
         record_failure(rt, task_id, exc.reason, str(exc))  # finalizes the job itself when last
