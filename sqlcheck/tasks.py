@@ -160,9 +160,10 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
         send_lint_messages([[task_id] for task_id in busy])
     held = [lock.task_id for lock in locks]
     try:
-        with rt.db.autocommit() as conn:
+        with rt.db.autocommit() as conn, rt.db.autocommit(durable=False) as claims:
             with workflow.deferred_cache_writes(rt):
-                job_ids, not_started = _lint_in_turn(self, rt, conn, held, locks, hostname, transient_retries)
+                job_ids, not_started = _lint_in_turn(self, rt, conn, claims, held, locks, hostname,
+                                                     transient_retries)
             for job_id in job_ids:
                 workflow.finalize_if_complete(rt, conn, job_id)
     finally:
@@ -173,7 +174,7 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
         send_lint_messages([not_started])
 
 
-def _lint_in_turn(task, rt: Runtime, conn, held: list[str], locks: list[TaskLock], hostname: str,
+def _lint_in_turn(task, rt: Runtime, conn, claims, held: list[str], locks: list[TaskLock], hostname: str,
                   transient_retries: int) -> tuple[set[str], list[str]]:
     """Lint the batch's files one after the other, each under its own soft limit. Returns the
     jobs touched and the files not started because the batch ran past the soft limit."""
@@ -186,7 +187,7 @@ def _lint_in_turn(task, rt: Runtime, conn, held: list[str], locks: list[TaskLock
             return job_ids, held[i:]
         try:
             with soft_time_limit(settings.soft_time_limit_s):
-                job_id = workflow.lint_file(rt, conn, task_id, hostname, outage_retried)
+                job_id = workflow.lint_file(rt, conn, claims, task_id, hostname, outage_retried)
             if job_id is not None:
                 job_ids.add(job_id)
         except SoftTimeLimitExceeded:

@@ -238,21 +238,21 @@ def fail_job(rt: Runtime, job_id: str, message: str) -> None:
 
 def lint_task(rt: Runtime, task_id: str, hostname: str, outage_retried: bool = False) -> None:
     """Claim the task, lint its file, write the result, record it; finalize the job if last."""
-    # One connection from claim to recorded result: each checkout costs a ping round trip.
-    with rt.db.autocommit() as conn:
-        job_id = lint_file(rt, conn, task_id, hostname, outage_retried)
+    # The same connections from claim to recorded result: each checkout costs a ping round trip.
+    with rt.db.autocommit() as conn, rt.db.autocommit(durable=False) as claims:
+        job_id = lint_file(rt, conn, claims, task_id, hostname, outage_retried)
         if job_id is not None:
             finalize_if_complete(rt, conn, job_id)
 
 
-def lint_file(rt: Runtime, conn, task_id: str, hostname: str, outage_retried: bool = False) -> str | None:
-    """Claim one task on `conn`, lint its file, write the result, record it. Returns its job id
-    (the caller asks whether the job is complete), or None when the task could not be claimed.
+def lint_file(rt: Runtime, conn, claims, task_id: str, hostname: str, outage_retried: bool = False) -> str | None:
+    """Claim one task on `claims`, lint its file, write the result, record it on `conn`. Returns
+    its job id (the caller asks whether the job is complete), or None when it could not be claimed.
 
     `outage_retried`: the caller will retry a transient error, so this delivery's attempt is
     given back when one ends it.
     """
-    claimed = repo.claim_task(conn, task_id, hostname, rt.settings.max_attempts)
+    claimed = repo.claim_task(claims, task_id, hostname, rt.settings.max_attempts)
     if claimed is None:
         _not_claimed(rt, task_id)
         return None

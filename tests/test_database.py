@@ -38,3 +38,19 @@ def test_concurrent_upgrades_of_a_fresh_database_all_succeed():
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_only_claim_connections_skip_the_wait_for_the_disk(pg_server_url, tmp_path):
+    """Claims commit without waiting for the WAL flush (PostgreSQL); results stay durable."""
+    from sqlcheck.database import Database
+
+    db = Database(pg_server_url)
+    with db.autocommit() as results, db.autocommit(durable=False) as claims:
+        assert results.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+        assert claims.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    with db.session() as s:  # sessions (expansion, failures, finalize) are durable too
+        assert s.execute(text("SHOW synchronous_commit")).scalar() == "on"
+    sqlite = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    with sqlite.autocommit(durable=False) as conn:  # SQLite: the same engine
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+    assert sqlite._claims_engine is None
