@@ -139,7 +139,7 @@ def process_sql_file(self, task_id: str, transient_retries: int = 0) -> None:
 
 @app.task(name=LINT_BATCH_TASK, bind=True)
 def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> None:
-    """Lint a batch of small files of one job, one after the other, on one database connection.
+    """Lint a batch of small files of one job, one after the other, on the same database connections.
 
     Each file keeps its own soft time limit (a timer in this child) and its own outcome. Files
     whose lock another delivery holds are sent on as single messages (those wait for the lock);
@@ -160,7 +160,7 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
         send_lint_messages([[task_id] for task_id in busy])
     held = [lock.task_id for lock in locks]
     try:
-        with rt.db.autocommit() as conn, rt.db.autocommit(durable=False) as claims:
+        with workflow.file_connections(rt) as (conn, claims):
             with workflow.deferred_cache_writes(rt):
                 job_ids, not_started = _lint_in_turn(self, rt, conn, claims, held, locks, hostname,
                                                      transient_retries)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -238,11 +238,18 @@ def fail_job(rt: Runtime, job_id: str, message: str) -> None:
 
 def lint_task(rt: Runtime, task_id: str, hostname: str, outage_retried: bool = False) -> None:
     """Claim the task, lint its file, write the result, record it; finalize the job if last."""
-    # The same connections from claim to recorded result: each checkout costs a ping round trip.
-    with rt.db.autocommit() as conn, rt.db.autocommit(durable=False) as claims:
+    with file_connections(rt) as (conn, claims):
         job_id = lint_file(rt, conn, claims, task_id, hostname, outage_retried)
         if job_id is not None:
             finalize_if_complete(rt, conn, job_id)
+
+
+@contextmanager
+def file_connections(rt: Runtime):
+    """(conn, claims) for a message's files: results on a durable connection, claims on one that
+    does not wait for the disk. Held for the whole message: each checkout costs a ping round trip."""
+    with rt.db.autocommit() as conn, rt.db.autocommit(durable=False) as claims:
+        yield conn, claims
 
 
 def lint_file(rt: Runtime, conn, claims, task_id: str, hostname: str, outage_retried: bool = False) -> str | None:
