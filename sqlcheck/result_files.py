@@ -44,10 +44,9 @@ def rule_counts(report: LintReport) -> dict[str, int]:
 
 def write_task_result(share: SharePaths, doc: dict[str, Any]) -> str:
     """Write a task's result atomically; returns its path relative to the share."""
-    rel = share.result_rel(doc["job_id"], doc["task_id"])
     # No fsync per file: rename is atomic, NFS flushes on close, and a lost file is re-linted.
-    atomic_write(share.absolute(rel), _dump(doc), fsync=False)
-    return rel
+    atomic_write(share.result_path(doc["job_id"], doc["task_id"]), _dump(doc), fsync=False)
+    return share.result_rel(doc["job_id"], doc["task_id"])
 
 
 def write_expansion_notes(share: SharePaths, job_id: str, skipped: list[dict[str, str]]) -> None:

@@ -38,9 +38,25 @@ def test_share_paths_layout(tmp_path):
     assert share.source_rel("J", "a/x.sql") == "jobs/J/sources/a/x.sql"
     assert share.result_rel("J", "T") == "jobs/J/results/T.json"
     assert share.summary_rel("J") == "jobs/J/summary.json"
+    assert share.result_path("J", "T") == share.absolute(share.result_rel("J", "T"))
     assert share.relative(share.absolute("jobs/J/summary.json")) == "jobs/J/summary.json"
     with pytest.raises(OutsideShare):
         share.absolute("jobs/../../x")
+
+
+@pytest.mark.parametrize("task_id", ["../T", "a/T", ".hidden", "T\x00"])
+def test_result_path_takes_plain_task_ids_only(tmp_path, task_id):
+    with pytest.raises(OutsideShare):
+        SharePaths(tmp_path).result_path("J", task_id)
+
+
+def test_result_path_refuses_a_results_dir_linked_outside(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "jobs" / "J").mkdir(parents=True)
+    outside.mkdir()
+    (root / "jobs" / "J" / "results").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(OutsideShare):
+        SharePaths(root).result_path("J", "T")
 
 
 def test_atomic_write_creates_parents_and_replaces(tmp_path):
