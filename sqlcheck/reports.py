@@ -80,10 +80,15 @@ def read_summary(share: SharePaths, job_id: str) -> dict[str, Any]:
 
 def read_results(share: SharePaths, summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The result documents of the job's analysed files, as listed in its summary."""
-    return [
-        json.loads(share.absolute(f["result_file_path"]).read_text("utf-8"))
-        for f in summary.get("files", []) if f.get("result_file_path")
-    ]
+    job_id = summary.get("job_id")
+
+    def path(f: dict[str, Any]):
+        # where workers write them (the results directory resolved once), else as the row says
+        if job_id and f.get("task_id") and f["result_file_path"] == share.result_rel(job_id, f["task_id"]):
+            return share.result_path(job_id, f["task_id"])
+        return share.absolute(f["result_file_path"])
+
+    return [json.loads(path(f).read_text("utf-8")) for f in summary.get("files", []) if f.get("result_file_path")]
 
 
 def sarif_rel(job_id: str) -> str:
@@ -96,7 +101,9 @@ def write_job_sarif(share: SharePaths, summary: dict[str, Any]) -> str:
     from sqlcheck.share import atomic_write
 
     rel = sarif_rel(summary["job_id"])
-    atomic_write(share.absolute(rel), sarif_bytes(sarif_document(summary, read_results(share, summary))))
+    # No fsync: it is derived from summary.json (which is synced) and the result files, and
+    # `sqlcheckctl report -f sarif` writes it again; the wait was part of every job's finalize.
+    atomic_write(share.absolute(rel), sarif_bytes(sarif_document(summary, read_results(share, summary))), fsync=False)
     return rel
 
 
