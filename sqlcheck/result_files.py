@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 from sqlcheck.lint_engine import SQLFLUFF_VERSION, LintReport
-from sqlcheck.share import SharePaths, atomic_write
+from sqlcheck.share import SharePaths, atomic_write, write_new_file
 
 RESULT_FORMAT_VERSION = 1
 
@@ -44,8 +44,14 @@ def rule_counts(report: LintReport) -> dict[str, int]:
 
 def write_task_result(share: SharePaths, doc: dict[str, Any]) -> str:
     """Write a task's result atomically; returns its path relative to the share."""
-    # No fsync per file: rename is atomic, NFS flushes on close, and a lost file is re-linted.
-    atomic_write(share.result_path(doc["job_id"], doc["task_id"]), _dump(doc), fsync=False)
+    # Nobody reads a result before its row says SUCCESS, which is committed after this write, so
+    # a new file is written in place; one already there (a file linted again) is replaced
+    # atomically. No fsync: NFS flushes on close, and a lost file is linted again.
+    path, data = share.result_path(doc["job_id"], doc["task_id"]), _dump(doc)
+    try:
+        write_new_file(path, data)
+    except FileNotFoundError:  # the job's first result: its results folder is made here
+        atomic_write(path, data, fsync=False)
     return share.result_rel(doc["job_id"], doc["task_id"])
 
 

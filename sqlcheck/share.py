@@ -97,9 +97,10 @@ class SharePaths:
 def write_new_file(path: Path, data: bytes) -> None:
     """Write a file that nobody can be reading yet, in place; atomically if it already exists.
 
-    For expansion: a source is read only after its lint message is sent, which is after this
-    write; a redelivered expansion finds the file there and replaces it whole (atomic_write).
-    Saves the temporary name and the rename per file. O_EXCL also refuses a planted symlink.
+    A source is read only after its lint message is sent, a result only after its row says
+    SUCCESS, both after this write; a redelivery finds the file there and replaces it whole
+    (atomic_write). Saves the temporary name and the rename per file (~35 us of ~70). O_EXCL
+    also refuses a planted symlink.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -1,5 +1,6 @@
 """The share: no path leaves its root, and writes are all-or-nothing."""
 
+import json
 import os
 import threading
 
@@ -97,3 +98,22 @@ def test_reader_never_sees_half_a_file(tmp_path):
     stop.set()
     reader.join()
     assert seen <= {(2_000_000, b"a", b"a"), (2_000_000, b"b", b"b")}
+
+
+def test_task_result_is_written_in_place_then_replaced_whole(tmp_path):
+    from sqlcheck.lint_engine import LintReport
+    from sqlcheck.result_files import task_result_document, write_task_result
+
+    share = SharePaths(tmp_path)
+
+    def doc(count):
+        violations = [{"code": "LT01", "start_line_no": i + 1} for i in range(count)]
+        return task_result_document("J", "T", "a.sql", "utf-8", "ansi", LintReport(violations, 0, 0.0))
+
+    rel = write_task_result(share, doc(1))  # the job's first result: its folder is made
+    assert rel == "jobs/J/results/T.json"
+    written = json.loads((tmp_path / rel).read_text("utf-8"))
+    assert written["violation_count"] == 1
+    write_task_result(share, doc(3))  # linted again: the file is replaced, not appended to
+    assert json.loads((tmp_path / rel).read_text("utf-8"))["violation_count"] == 3
+    assert os.listdir(tmp_path / "jobs/J/results") == ["T.json"]  # no temporary file left
