@@ -12,11 +12,15 @@ import functools
 import gc
 import importlib.metadata
 import importlib.util
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlcheck.errors import FileRejected, UserInputError
 from sqlcheck.states import FailureReason
+
+log = logging.getLogger(__name__)
 
 SQLFLUFF_VERSION = importlib.metadata.version("sqlfluff")
 
@@ -152,17 +156,21 @@ def get_linter(dialect: str, options: tuple[tuple[str, Any], ...] = (), rust_par
         raise UserInputError(f"invalid lint configuration: {exc}") from None
     except KeyError:  # sqlfluff's dialect lookup raises a bare KeyError for unknown names
         raise UserInputError(f"unknown SQL dialect {dialect!r}") from None
+    started = time.perf_counter()
     linter = Linter(config=config)
     warm = WarmLinter(linter, linter.get_rulepack())
     warm.lint("SELECT 1\n", fname="warmup.sql")  # loads the dialect's grammar
     gc.collect()
     gc.freeze()
+    log.info("linter for dialect %s built and warmed in %.2fs", dialect, time.perf_counter() - started)
     return warm
 
 
-def check_dialect(dialect: str) -> None:
-    """Raise UserInputError unless sqlfluff knows this dialect."""
-    get_linter(dialect)
+def check_dialect(dialect: str, rust_parser: bool = True) -> None:
+    """Raise UserInputError unless sqlfluff knows this dialect. Asks for the very Linter files of
+    the dialect are linted with (lru_cache keys by the arguments as written, so all three are
+    always given): checking builds nothing a worker does not use anyway."""
+    get_linter(dialect, (), rust_parser)
 
 
 def warm_up(dialect: str, rust_parser: bool = True) -> None:
@@ -174,8 +182,6 @@ def lint_sql(
     text: str, member_path: str, dialect: str, options: tuple[tuple[str, Any], ...] = (), rust_parser: bool = True
 ) -> LintReport:
     """Lint one file's text; the violations are exactly what `sqlfluff lint --format json` lists."""
-    import time
-
     linter = get_linter(dialect, options, rust_parser)
     started = time.perf_counter()
     linted = linter.lint(text, fname=member_path)

@@ -45,6 +45,10 @@ class Settings:
         default="zip_processing,sql_analysis", metadata=_env("CELERY_WORKER_QUEUES", "queues `sqlcheckctl worker` consumes by default")
     )
     default_dialect: str = field(default="ansi", metadata=_env("SQLCHECK_DEFAULT_DIALECT", f"dialect when a job names none: {DIALECTS_NOTE}"))
+    warm_dialects: str = field(
+        default="", metadata=_env("SQLCHECK_WARM_DIALECTS", "comma list of further dialects the analysis worker builds "
+                                  "before it forks its children, so every child, and each replacement, starts warm for them")
+    )
     max_file_bytes: int = field(default=262_144, metadata=_env("SQLCHECK_MAX_FILE_BYTES", "largest SQL file analysed, bytes"))
     max_zip_members: int = field(default=20_000, metadata=_env("SQLCHECK_MAX_ZIP_MEMBERS", "most entries one ZIP may hold"))
     max_uncompressed_bytes: int = field(
@@ -147,6 +151,12 @@ class Settings:
         left by a SIGKILLed host does not hide its task from the reaper.
         """
         return self.hard_time_limit_s + max(5, self.reaper_margin_s)
+
+    @property
+    def dialects_to_warm(self) -> list[str]:
+        """The default dialect, then SQLCHECK_WARM_DIALECTS, each once."""
+        listed = [name.strip() for name in self.warm_dialects.split(",") if name.strip()]
+        return list(dict.fromkeys([self.default_dialect, *listed]))
 
     @property
     def visibility_timeout_s(self) -> int:

@@ -87,7 +87,7 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int | None = 
 
     tasks.set_runtime(Runtime.from_settings(settings))
     if ANALYSIS_QUEUE in queues:
-        worker_hooks.warm_linter()  # before the pool forks: every child, and each replacement, starts warm
+        worker_hooks.warm_linter(settings.dialects_to_warm)  # before the pool forks: children start warm
     app = configure_app(settings)
     worker_hooks.install(settings)
     concurrency = concurrency or (1 if queues == [ZIP_QUEUE] else settings.analysis_concurrency)

@@ -92,16 +92,16 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         source_path, dialect_raw, options_raw = job.source_path, job.dialect, job.options
     try:
         if dialect_raw:
-            check_dialect(dialect_raw)
+            _check_dialect(rt, dialect_raw)
         job_config.parse_job_options(options_raw)
         zip_path = rt.share.absolute(source_path)
         expansion = expand_zip_safely(zip_path, rt.share.source_dir(job_id), rt.limits)
         if not expansion.members:
             found = f"; it holds {len(expansion.skipped)} other entries" if expansion.skipped else ""
             raise ArchiveError(f"the ZIP archive contains no .sql files{found}")
-        uploaded = _uploaded_config(zip_path, expansion.skipped)
+        uploaded = _uploaded_config(rt, zip_path, expansion.skipped)
         job_config.save_uploaded(rt.share, job_id, uploaded)
-        check_dialect(job_config.effective_dialect(dialect_raw, uploaded, rt.settings.default_dialect))
+        _check_dialect(rt, job_config.effective_dialect(dialect_raw, uploaded, rt.settings.default_dialect))
     except (UserInputError, OutsideShare) as exc:
         fail_job(rt, job_id, str(exc))
         return
@@ -180,12 +180,17 @@ def _one_row_per_name(expansion) -> None:
     expansion.members = kept
 
 
-def _uploaded_config(zip_path, skipped: list[dict[str, str]]) -> job_config.UploadedConfig:
+def _check_dialect(rt: Runtime, dialect: str) -> None:
+    """UserInputError unless sqlfluff knows the dialect (builds the Linter this worker will use)."""
+    check_dialect(dialect, rt.settings.rust_parser == "on")
+
+
+def _uploaded_config(rt: Runtime, zip_path, skipped: list[dict[str, str]]) -> job_config.UploadedConfig:
     """Whitelisted keys of the root .sqlfluff; an unknown dialect there is ignored, not fatal."""
     uploaded = job_config.read_uploaded_config(zip_path, [e["member"] for e in skipped])
     if uploaded.dialect:
         try:
-            check_dialect(uploaded.dialect)
+            _check_dialect(rt, uploaded.dialect)
         except UserInputError as exc:
             uploaded.ignored.append({"file": job_config.ROOT_CONFIG, "key": "[sqlfluff] dialect", "reason": str(exc)})
             uploaded.dialect = None

@@ -116,3 +116,9 @@ def test_settings_as_env_round_trips(tmp_path):
     assert again.max_file_bytes == 1234 and again.default_dialect == "mysql"
     assert again.resolved_database_url == original.resolved_database_url
     assert again.resolved_share_root == original.resolved_share_root
+
+
+def test_warm_dialects_come_after_the_default_each_once():
+    s = load_settings(environ={"SQLCHECK_DEFAULT_DIALECT": "postgres", "SQLCHECK_WARM_DIALECTS": " mysql,postgres,, tsql "})
+    assert s.dialects_to_warm == ["postgres", "mysql", "tsql"]
+    assert load_settings(environ={}).dialects_to_warm == ["ansi"]
