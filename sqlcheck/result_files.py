@@ -43,7 +43,7 @@ def rule_counts(report: LintReport) -> dict[str, int]:
 
 
 def write_task_result(share: SharePaths, doc: dict[str, Any]) -> str:
-    """Write a task's result atomically; returns its path relative to the share."""
+    """Write a task's result, whole as any reader sees it; returns its path relative to the share."""
     # Nobody reads a result before its row says SUCCESS, which is committed after this write, so
     # a new file is written in place; one already there (a file linted again) is replaced
     # atomically. No fsync: NFS flushes on close, and a lost file is linted again.
