@@ -134,9 +134,18 @@ class WarmLinter:
         return linter.lint_parsed(parsed, self.rules, fix=False, formatter=linter.formatter, encoding="utf8")
 
 
-@functools.lru_cache(maxsize=16)
 def get_linter(dialect: str, options: tuple[tuple[str, Any], ...] = (), rust_parser: bool = True) -> WarmLinter:
     """One warm Linter per (dialect, options, parser) per process: building one costs ~10% of a small lint.
+
+    The arguments are passed on in one form: lru_cache keys by the arguments as written, so
+    get_linter(d) and get_linter(d, (), True) would otherwise build two Linters.
+    """
+    return _build_linter(dialect, tuple(options), bool(rust_parser))
+
+
+@functools.lru_cache(maxsize=16)
+def _build_linter(dialect: str, options: tuple[tuple[str, Any], ...], rust_parser: bool) -> WarmLinter:
+    """Build and warm one Linter (through get_linter, which keys the cache).
 
     Once built and warmed, everything alive is frozen out of the cyclic garbage collector
     (gc.freeze): the grammar and rule objects live as long as the process, and full
@@ -167,10 +176,9 @@ def get_linter(dialect: str, options: tuple[tuple[str, Any], ...] = (), rust_par
 
 
 def check_dialect(dialect: str, rust_parser: bool = True) -> None:
-    """Raise UserInputError unless sqlfluff knows this dialect. Asks for the very Linter files of
-    the dialect are linted with (lru_cache keys by the arguments as written, so all three are
-    always given): checking builds nothing a worker does not use anyway."""
-    get_linter(dialect, (), rust_parser)
+    """Raise UserInputError unless sqlfluff knows this dialect (by building the Linter its files
+    are linted with, so checking builds nothing a worker does not use anyway)."""
+    get_linter(dialect, rust_parser=rust_parser)
 
 
 def warm_up(dialect: str, rust_parser: bool = True) -> None:

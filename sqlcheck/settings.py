@@ -153,6 +153,10 @@ class Settings:
         return self.hard_time_limit_s + max(5, self.reaper_margin_s)
 
     @property
+    def use_rust_parser(self) -> bool:
+        return self.rust_parser == "on"
+
+    @property
     def dialects_to_warm(self) -> list[str]:
         """The default dialect, then SQLCHECK_WARM_DIALECTS, each once."""
         listed = [name.strip() for name in self.warm_dialects.split(",") if name.strip()]

@@ -10,6 +10,7 @@ Layout, relative to the share root (a contract with the web service)::
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -45,7 +46,8 @@ class SharePaths:
 
     def __init__(self, root: Path):
         self.root = root.resolve()
-        self._results_dirs: dict[str, Path] = {}  # see result_path
+        # a job's results directory, resolved once per job (see result_path); a worker sees many jobs
+        self._results_dir = functools.lru_cache(maxsize=1024)(lambda job_id: self.absolute(f"jobs/{job_id}/results"))
 
     def absolute(self, relative: str) -> Path:
         return _join_inside(self.root, relative)
@@ -77,12 +79,7 @@ class SharePaths:
         name is a task id of ours, checked to be a plain name."""
         if "/" in task_id or "\x00" in task_id or task_id.startswith("."):
             raise OutsideShare(f"task id {task_id!r} is not a plain file name")
-        found = self._results_dirs.get(job_id)
-        if found is None:
-            if len(self._results_dirs) >= 1024:  # a long-lived worker sees many jobs
-                self._results_dirs.clear()
-            found = self._results_dirs[job_id] = self.absolute(f"jobs/{job_id}/results")
-        return found / f"{task_id}.json"
+        return self._results_dir(job_id) / f"{task_id}.json"
 
     @staticmethod
     def summary_rel(job_id: str) -> str:

@@ -68,7 +68,7 @@ def warm_linter(dialects: Sequence[str] = ()) -> None:
     settings = tasks.runtime().settings
     for dialect in dialects or [settings.default_dialect]:
         try:
-            lint_engine.warm_up(dialect, settings.rust_parser == "on")
+            lint_engine.warm_up(dialect, settings.use_rust_parser)
         except UserInputError as exc:  # a misspelt SQLCHECK_WARM_DIALECTS entry: say so and go on
             log.error("linter for %r not warmed: %s", dialect, exc)
         except Exception:

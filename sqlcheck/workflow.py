@@ -144,7 +144,7 @@ def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options
     if rt.result_cache is None or faults.enabled():  # a fault-test file must really run
         return 0
     dialect, options = lint_settings(rt, job_id, dialect_raw, options_raw)
-    parser = parser_kind(rt.settings.rust_parser == "on")
+    parser = parser_kind(rt.settings.use_rust_parser)
     wanted = {
         repo.task_id_for(job_id, m.name): (m.name, key_for_digest(m.sha256, dialect, options, parser))
         for m in members if m.sha256 and m.path and not m.rejected
@@ -182,7 +182,7 @@ def _one_row_per_name(expansion) -> None:
 
 def _check_dialect(rt: Runtime, dialect: str) -> None:
     """UserInputError unless sqlfluff knows the dialect (builds the Linter this worker will use)."""
-    check_dialect(dialect, rt.settings.rust_parser == "on")
+    check_dialect(dialect, rt.settings.use_rust_parser)
 
 
 def _uploaded_config(rt: Runtime, zip_path, skipped: list[dict[str, str]]) -> job_config.UploadedConfig:
@@ -371,7 +371,7 @@ def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options
     import time
 
     started = time.perf_counter()
-    rust = rt.settings.rust_parser == "on"
+    rust = rt.settings.use_rust_parser
     cache = rt.result_cache
     if cache is not None and faults.enabled() and b"sqlcheck-fault" in data:
         cache = None

@@ -114,3 +114,10 @@ def test_unknown_dialect_is_a_user_error():
 
 def test_version_is_the_pinned_major_minor():
     assert SQLFLUFF_VERSION.startswith("4.5")
+
+
+def test_one_linter_per_configuration_whatever_the_call_form():
+    warm = get_linter("ansi", (), True)
+    assert get_linter("ansi") is warm and get_linter("ansi", rust_parser=True) is warm
+    assert get_linter("ansi", [], 1) is warm
+    assert get_linter("ansi", rust_parser=False) is not warm
