@@ -28,8 +28,9 @@ def redis_url() -> str:
     for db in range(15, 0, -1):
         client = redis.Redis.from_url(f"{REDIS_HOST}/{db}")
         if client.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=3600):
-            client.flushdb()
-            client.set(CLAIM_KEY, str(os.getpid()), ex=3600)
+            # flush and re-claim in one MULTI: between a plain FLUSHDB and SET, a session starting
+            # at the same moment (bin/test runs several with pytest-xdist) could claim it too
+            client.pipeline(transaction=True).flushdb().set(CLAIM_KEY, str(os.getpid()), ex=3600).execute()
             yield f"{REDIS_HOST}/{db}"
             client.flushdb()
             return
@@ -55,9 +56,10 @@ def pg_server_url() -> str:
 def _reset_redis(url: str) -> None:
     client = redis.Redis.from_url(url)
     claim = client.get(CLAIM_KEY)
-    client.flushdb()
+    pipe = client.pipeline(transaction=True).flushdb()
     if claim:
-        client.set(CLAIM_KEY, claim, ex=3600)
+        pipe.set(CLAIM_KEY, claim, ex=3600)
+    pipe.execute()
 
 
 def _reset_pg(url: str) -> None:
