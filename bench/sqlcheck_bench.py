@@ -508,8 +508,14 @@ def main(argv: list[str] | None = None) -> int:
                         wall, job_id, submitted = run_pipeline(stack, zips[d], d)
                         sampler.active.clear()
                     else:
+                        # the second of two passes over the same files runs up to ~10% faster on
+                        # this VM, so the two lint paths take turns going first
+                        plain_first = (rep + dialects.index(d)) % 2 == 1
+                        if plain_first:
+                            sums["c_plain"] += run_single_process(texts[d], d, rust, plain=True)
                         wall = run_single_process(texts[d], d, rust)
-                        sums["c_plain"] += run_single_process(texts[d], d, rust, plain=True)
+                        if not plain_first:
+                            sums["c_plain"] += run_single_process(texts[d], d, rust, plain=True)
                     sums[kind] += wall
                     per_dialect[d][kind].append(wall)
                 found, timing, _cached = pipeline_findings(stack, job_id)
