@@ -176,14 +176,9 @@ def _build_linter(dialect: str, options: tuple[tuple[str, Any], ...], rust_parse
 
 
 def check_dialect(dialect: str, rust_parser: bool = True) -> None:
-    """Raise UserInputError unless sqlfluff knows this dialect (by building the Linter its files
-    are linted with, so checking builds nothing a worker does not use anyway)."""
+    """Raise UserInputError unless sqlfluff knows this dialect, by building (once) the warm Linter
+    its files are linted with: checking a job's dialect and warming a worker are the same act."""
     get_linter(dialect, rust_parser=rust_parser)
-
-
-def warm_up(dialect: str, rust_parser: bool = True) -> None:
-    """Build the dialect's warm Linter now, so the first real file does not pay for it."""
-    get_linter(dialect, (), rust_parser)
 
 
 def lint_sql(

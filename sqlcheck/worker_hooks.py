@@ -68,7 +68,7 @@ def warm_linter(dialects: Sequence[str] = ()) -> None:
     settings = tasks.runtime().settings
     for dialect in dialects or [settings.default_dialect]:
         try:
-            lint_engine.warm_up(dialect, settings.use_rust_parser)
+            lint_engine.check_dialect(dialect, settings.use_rust_parser)  # builds its warm Linter
         except UserInputError as exc:  # a misspelt SQLCHECK_WARM_DIALECTS entry: say so and go on
             log.error("linter for %r not warmed: %s", dialect, exc)
         except Exception:

@@ -28,9 +28,7 @@ def redis_url() -> str:
     for db in range(15, 0, -1):
         client = redis.Redis.from_url(f"{REDIS_HOST}/{db}")
         if client.set(CLAIM_KEY, str(os.getpid()), nx=True, ex=3600):
-            # flush and re-claim in one MULTI: between a plain FLUSHDB and SET, a session starting
-            # at the same moment (bin/test runs several with pytest-xdist) could claim it too
-            client.pipeline(transaction=True).flushdb().set(CLAIM_KEY, str(os.getpid()), ex=3600).execute()
+            _reset_redis(f"{REDIS_HOST}/{db}")
             yield f"{REDIS_HOST}/{db}"
             client.flushdb()
             return
@@ -54,6 +52,8 @@ def pg_server_url() -> str:
 
 
 def _reset_redis(url: str) -> None:
+    """Empty a claimed database, keeping its claim: flush and re-claim are one MULTI, else a
+    session starting at that moment (bin/test runs several with pytest-xdist) could claim it too."""
     client = redis.Redis.from_url(url)
     claim = client.get(CLAIM_KEY)
     pipe = client.pipeline(transaction=True).flushdb()
