@@ -4,7 +4,8 @@ One run, in turns per repetition (order rotated each repetition), medians of the
   (a) `sqlfluff lint --dialect D --format json --processes N` on the unzipped files;
   (b) the warm sqlcheck pipeline (workers started with `sqlcheckctl start`), submit to job terminal,
       result cache emptied before each run so every file is really linted;
-  (c) one warm Linter in this process (lint_engine, same parser): the N-core limit is N x its rate.
+  (c) one warm Linter in this process (lint_engine, same parser): the N-core limit is N x its rate;
+      checked by N forked warm processes linting the files in parallel, with nothing else to do.
 Then: an identical re-submission (served by the result cache), a 10,000-file ZIP (time until every
 task row is dispatched), RSS of the analysis children (psutil samples), and (b) == (a) violations.
 
@@ -273,9 +274,11 @@ def run_pipeline(stack: Stack, zip_path: Path, dialect: str, timeout_s: float = 
 
     Done = its report.sarif is on the share: finalize writes summary.json and then report.sarif
     just before the commit that makes the row terminal. (The row's finished_at is stamped when
-    finalize starts, before those two files, so it would leave their writing out.) Checking for
-    a file every 2 ms costs next to no CPU; the database is asked every 0.5 s only, so that
-    polling takes no CPU from the workers being measured, and to confirm the status at the end.
+    finalize starts, before those two files, so it would leave their writing out.) The end is
+    the report's mtime, so the share is looked at only every 20 ms: a look every 2 ms cost next
+    to no CPU but woke this process 500 times a second, each time taking a core from a linting
+    child (twice the children's involuntary context switches, ~5% of (b)'s wall). The database
+    is asked every 0.5 s only, and to confirm the status at the end.
     """
     from sqlcheck.client import submit_zip, wait_for_job
     from sqlcheck.database import Database
@@ -291,16 +294,18 @@ def run_pipeline(stack: Stack, zip_path: Path, dialect: str, timeout_s: float = 
     deadline, next_ask = time.monotonic() + timeout_s, time.monotonic() + 0.5
     done_at = None
     while done_at is None and time.monotonic() < deadline:
-        if report.exists():
-            done_at = time.time()
-        elif time.monotonic() >= next_ask:  # a job that ends without a report must still end the wait
+        try:
+            done_at = report.stat().st_mtime
+            break
+        except FileNotFoundError:
+            pass
+        if time.monotonic() >= next_ask:  # a job that ends without a report must still end the wait
             next_ask = time.monotonic() + 0.5
             with db.session() as s:
                 job = repo.get_job(s, job_id)
                 if job.status in {state.value for state in TERMINAL_JOB_STATES}:
                     done_at = job.finished_at.timestamp()
-        else:
-            time.sleep(0.002)
+        time.sleep(0.02)
     if done_at is None:
         raise SystemExit(f"bin/bench: job {job_id} not done after {timeout_s:.0f} s")
     status = wait_for_job(db, job_id, 60, poll_s=0.01)  # committing right after the report
@@ -375,6 +380,41 @@ def run_single_process(texts: list[tuple[str, str]], dialect: str, rust: bool, p
             lint_sql(text, name, dialect, (), rust)
         total += time.perf_counter() - started
     return total
+
+
+#: what the forked processes of the parallel check lint: set before the pool forks, inherited
+_PARALLEL: dict = {}
+
+
+def start_parallel_pool(texts: dict[str, list[tuple[str, str]]], rust: bool, n: int):
+    """N processes forked from this one with every dialect's Linter warm, as Celery's children are
+    forked from a warm main process. Started before any thread or connection of the bench."""
+    import multiprocessing
+
+    from sqlcheck.lint_engine import get_linter
+
+    for dialect in texts:
+        get_linter(dialect, (), rust)
+    _PARALLEL.update(texts=texts, rust=rust)
+    return multiprocessing.get_context("fork").Pool(n)
+
+
+def _lint_one(item: tuple[str, int]) -> None:
+    from sqlcheck.lint_engine import lint_sql
+
+    dialect, index = item
+    name, text = _PARALLEL["texts"][dialect][index]
+    lint_sql(text, name, dialect, (), _PARALLEL["rust"])
+
+
+def run_parallel(pool, texts: list[tuple[str, str]], dialect: str) -> float:
+    """Wall seconds for the pool to lint every file, largest first, one file per hand-out: the
+    pipeline's scheduling without its queue, database, cache and share."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i][1]))
+    started = time.perf_counter()
+    for _ in pool.imap_unordered(_lint_one, [(dialect, i) for i in order], chunksize=1):
+        pass
+    return time.perf_counter() - started
 
 
 def clear_cache(stack: Stack) -> None:
@@ -471,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"corpus: {total_files} files ({', '.join(f'{d} {len(f)}' for d, f in corpus.items())}) from {source}, "
         f"incl. generated files of {args.large_lines} lines per dialect; sqlfluff {SQLFLUFF_VERSION}, "
         f"parser {parser_kind(rust)}; N={n}; {args.reps} reps, order rotated, medians")
+    pool = start_parallel_pool(texts, rust, n)
     stack = Stack(work, args.redis_db, n, rust, args.batch_files)
     say(f"sqlcheck lint messages: small files in batches of up to {stack.settings.lint_batch_max_files} files / "
         f"{stack.settings.lint_batch_max_bytes} bytes (SQLCHECK_LINT_BATCH_MAX_FILES / _BYTES)")
@@ -489,16 +530,17 @@ def main(argv: list[str] | None = None) -> int:
         b_s: list[float] = []
         c_s: list[float] = []
         c_plain_s: list[float] = []
-        per_dialect = {d: {"a": [], "b": [], "c": []} for d in dialects}
+        p_s: list[float] = []
+        per_dialect = {d: {"a": [], "b": [], "c": [], "p": []} for d in dialects}
         overheads: list[tuple[float, float]] = []
         last_found: dict[str, dict] = {}
         for rep in range(args.reps):
-            sums = {"a": 0.0, "b": 0.0, "c": 0.0, "c_plain": 0.0}
+            sums = {"a": 0.0, "b": 0.0, "c": 0.0, "c_plain": 0.0, "p": 0.0}
             split.append(dict.fromkeys(("start", "lint", "end", "busy"), 0.0))
             # empty once per repetition: keys differ per dialect, so every (b) job lints every file
             # (duplicates inside one ZIP excepted), and the last repetition leaves the cache warm
             clear_cache(stack)
-            order = ["a", "b", "c"][rep % 3:] + ["a", "b", "c"][:rep % 3]
+            order = ["a", "b", "c", "p"][rep % 4:] + ["a", "b", "c", "p"][:rep % 4]
             for d in dialects:
                 for kind in order:
                     if kind == "a":
@@ -507,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
                         sampler.phase, _ = f"b{rep}", sampler.active.set()
                         wall, job_id, submitted = run_pipeline(stack, zips[d], d)
                         sampler.active.clear()
+                    elif kind == "p":
+                        wall = run_parallel(pool, texts[d], d)
                     else:
                         # the second of two passes over the same files runs up to ~10% faster on
                         # this VM, so the two lint paths take turns going first
@@ -530,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
             b_s.append(sums["b"])
             c_s.append(sums["c"])
             c_plain_s.append(sums["c_plain"])
-            progress(f"rep {rep + 1}/{args.reps}: (a) {sums['a']:.1f}s (b) {sums['b']:.1f}s (c) {sums['c']:.1f}s")
+            p_s.append(sums["p"])
+            progress(f"rep {rep + 1}/{args.reps}: (a) {sums['a']:.1f}s (b) {sums['b']:.1f}s (c) {sums['c']:.1f}s "
+                     f"(c, {n} in parallel) {sums['p']:.1f}s")
         # identical re-submission, as many repetitions (median): the cache holds the last (b) run's results
         resubs, resub_cached, resub_same = [], total_files, True
         for _rep in range(args.reps):
@@ -551,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"{args.small_files}-file ZIP: {path.stat().st_size // 1024} KiB")
             dispatch_s = dispatch_10k(stack, path, args.small_files)
     finally:
+        pool.terminate()
         sampler.stop.set()
         progress("stopping services (sqlcheckctl stop), dropping the database")
         stack.down()
@@ -569,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
         f"before each repetition)")
     say(f"(c) single-process warm Linter files/s: {fc:.1f}; {n}-core limit = {limit:.1f} files/s  (sqlcheck's lint "
         f"path; sqlfluff's own Linter.lint_string on the same warm Linter: {limit_plain / n:.1f}; limit {limit_plain:.1f})")
+    fp = total_files / med(p_s)
+    say(f"(c) check of the limit: {n} forked warm Linters in parallel, files largest first, nothing else (no queue, "
+        f"database, cache or share): {fp:.1f} files/s = {fp / limit:.2f} of the limit; (b) reaches {fb / fp:.2f} of it")
     for d in dialects:
         pd = per_dialect[d]
         nf = len(corpus[d])
