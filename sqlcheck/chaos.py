@@ -79,6 +79,7 @@ class Figures:
     tasks_terminal: int = 0
     result_files: int = 0
     duplicates: int = 0
+    unlogged: int = 0
     lost: int = 0
     stuck: int = 0
     seconds: float = 0.0
@@ -93,7 +94,8 @@ class Figures:
 
     def line(self) -> str:
         return (f"chaos: files={self.files} tasks_terminal={self.tasks_terminal} result_files={self.result_files} "
-                f"duplicates={self.duplicates} lost={self.lost} stuck={self.stuck} seconds={self.seconds:.1f} "
+                f"duplicates={self.duplicates} unlogged={self.unlogged} lost={self.lost} stuck={self.stuck} "
+                f"seconds={self.seconds:.1f} "
                 f"job={self.job_status} finalized_once={'yes' if self.finalized_ok else 'no'} "
                 f"faults={len(self.faults)} -> {'PASS' if self.ok else 'FAIL'}")
 
@@ -292,6 +294,21 @@ def _wait_terminal(db, job_id: str, deadline: float, say) -> str:
     return "TIMEOUT"
 
 
+def success_writes(success_ids: set[str], result_names: set[str], logs: str) -> tuple[int, int]:
+    """(duplicates, unlogged) of a job's SUCCESS writes.
+
+    Duplicates: SUCCESS log lines beyond one per task, and result files of tasks that did not
+    end SUCCESS. Unlogged: SUCCESS rows with their result file but no log line, which is not a
+    fault of the pipeline: the finish commits before its line is logged, so a process killed in
+    between, or a node killed whole with lines still in its supervisord's pipes, loses the line,
+    not the write.
+    """
+    lines = {tid: logs.count(f"task={tid} SUCCESS:") for tid in success_ids}
+    duplicates = sum(max(0, n - 1) for n in lines.values()) + len(result_names - {f"{t}.json" for t in success_ids})
+    unlogged = sum(1 for tid, n in lines.items() if n == 0 and f"{tid}.json" in result_names)
+    return duplicates, unlogged
+
+
 def _check(db, settings, job_id, plan, nodes, status, figures: Figures) -> None:
     from sqlcheck import repository as repo
     from sqlcheck.share import SharePaths
@@ -311,9 +328,7 @@ def _check(db, settings, job_id, plan, nodes, status, figures: Figures) -> None:
     figures.result_files = len(result_names)
     success_ids = {t.id for t in tasks if t.status == "SUCCESS"}
     logs = "".join(n.logs() for n in nodes)
-    success_writes = {tid: logs.count(f"task={tid} SUCCESS:") for tid in success_ids}
-    figures.duplicates = (sum(max(0, c - 1) for c in success_writes.values())
-                          + len(result_names - {f"{t}.json" for t in success_ids}))
+    figures.duplicates, figures.unlogged = success_writes(success_ids, result_names, logs)
     finalized_lines = logs.count(f"job={job_id} {status}: ")
     summary = share.job_dir(job_id) / "summary.json"
     doc = json.loads(summary.read_text()) if summary.exists() else {}
@@ -328,9 +343,6 @@ def _check(db, settings, job_id, plan, nodes, status, figures: Figures) -> None:
     missing = [t for t in success_ids if f"{t}.json" not in result_names]
     if missing:
         figures.problems.append(f"{len(missing)} SUCCESS tasks without a result file")
-    if any(c != 1 for c in success_writes.values()):
-        figures.problems.append("some SUCCESS was written a number of times other than once: "
-                                f"{sorted(set(success_writes.values()))}")
     if figures.duplicates:
         figures.problems.append(f"{figures.duplicates} duplicate result writes")
     if not exact:
