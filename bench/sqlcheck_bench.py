@@ -212,10 +212,10 @@ def claim_redis_db(preferred: int) -> int:
 
 
 def reset_redis_db(client: redis.Redis) -> None:
-    """Flush our claimed db but keep the claim."""
+    """Flush our claimed db but keep the claim: flush and re-claim are one MULTI (as in the test
+    sessions' reset), else a test session starting in between could claim the db too."""
     claim = client.get(CLAIM_KEY)
-    client.flushdb()
-    client.set(CLAIM_KEY, claim or f"bench-{os.getpid()}", ex=3600)
+    client.pipeline(transaction=True).flushdb().set(CLAIM_KEY, claim or f"bench-{os.getpid()}", ex=3600).execute()
 
 
 class RssSampler(threading.Thread):
