@@ -338,11 +338,13 @@ def pipeline_findings(stack: Stack, job_id: str) -> tuple[dict[str, list], list,
 def per_file_overheads(timing: list[tuple[float, float, float]], children: int) -> list[tuple[float, float]]:
     """(in task, queue) seconds per file of one job.
 
-    Both stamps are taken by the child just before it sends the statement (claim: started_at,
-    finish: finished_at). In task: finished - started minus the lint itself (the claim's round
-    trip, reading, the cache, the result file). Queue: from the previous file's finished_at to
-    this file's started_at on the same child: the previous finish's durable commit, and between
-    messages the ack, the next message, Celery's hand-over and the lock. The children are
+    Both stamps are taken by the child: started_at just before it sends the claim, finished_at
+    when the file's result file is written (a message's results are then recorded together, in
+    one durable commit at its end). In task: finished - started minus the lint itself (the
+    claim's round trip, reading, the cache, the result file). Queue: from the previous file's
+    finished_at to this file's started_at on the same child: between messages that holds the
+    message's durable commit of its results, the ack, the next message, Celery's hand-over and
+    the lock. The children are
     reconstructed from the rows: each file goes to the child that became free last before it
     started."""
     ends = [float("-inf")] * children
@@ -638,8 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     say(f"per-file overhead (queue + DB + result write), median: {med(per_file):.2f} ms "
         f"(p90 {per_file[int(0.9 * len(per_file))]:.2f} ms; target <= 3 ms: {'met' if med(per_file) <= 3 else 'NOT met'})"
         f" = in task {med(in_task):.2f} ms (claim round trip, read, cache, result write: claim to finish minus lint) "
-        f"+ queue {med(queue):.2f} ms (the previous file's durable finish, and between messages the hand-over, "
-        f"up to this claim on the same child)")
+        f"+ queue {med(queue):.2f} ms (from the previous file's result written to this claim on the same child; "
+        f"between messages also the message's durable commit of its results and the hand-over)")
+    say(f"per-file overhead, mean: {sum(per_file) / len(per_file):.2f} ms (every gap between two lints of a child, "
+        f"spread over its files: hand-overs, commits and child replacements included)")
     say(f"per-file overhead, whole pipeline without lint (identical re-submission, every file a cache hit: "
         f"N x wall / files, incl. expand, queue, DB, result write, finalize): {overhead_resub:.2f} ms")
     if dispatch_s is not None:

@@ -35,7 +35,7 @@ from sqlcheck import repository as repo
 from sqlcheck import workflow
 from sqlcheck.celery_app import ANALYSIS_QUEUE, EXPAND_TASK, LINT_TASK, ZIP_QUEUE, make_sender
 from sqlcheck.locks import lock_key
-from sqlcheck.states import FailureReason
+from sqlcheck.states import FailureReason, TaskStatus
 from sqlcheck.workflow import Runtime
 
 log = logging.getLogger(__name__)
@@ -185,10 +185,13 @@ def _reap_in_progress(rt, client, sender, limits: Thresholds, report: ReapReport
         if action == "skip":
             report.skipped += 1
         elif action == "fail":
-            if workflow.record_failure(rt, task_id, FailureReason.WORKER_LOST,
-                                       f"gave up after {attempts} attempts: the worker was lost each time"):
+            ended = workflow.record_cut_short(rt, task_id, FailureReason.WORKER_LOST,
+                                              f"gave up after {attempts} attempts: the worker was lost each time")
+            if ended == TaskStatus.FAILURE:
                 report.failed_tasks += 1
                 report.note(f"job={job_id} task={task_id} FAILURE worker_lost after {attempts} attempts (no live holder)")
+            elif ended == TaskStatus.SUCCESS:
+                report.note(f"job={job_id} task={task_id} SUCCESS from the result file its last attempt wrote")
         else:
             with rt.db.session() as s:
                 moved = repo.requeue_task(s, task_id, started_at)

@@ -38,8 +38,8 @@ def task_result_document(
     }
 
 
-def rule_counts(report: LintReport) -> dict[str, int]:
-    return dict(Counter(v["code"] for v in report.violations))
+def rule_counts(violations: Iterable[dict[str, Any]]) -> dict[str, int]:
+    return dict(Counter(v["code"] for v in violations))
 
 
 def write_task_result(share: SharePaths, doc: dict[str, Any]) -> str:
@@ -53,6 +53,17 @@ def write_task_result(share: SharePaths, doc: dict[str, Any]) -> str:
     except FileNotFoundError:  # the job's first result: its results folder is made here
         atomic_write(path, data, fsync=False)
     return share.result_rel(doc["job_id"], doc["task_id"])
+
+
+def read_task_result(share: SharePaths, job_id: str, task_id: str) -> dict[str, Any] | None:
+    """The task's result document as a finished write left it; None when there is none, or only
+    part of one (a child killed while writing it leaves a file that is not JSON)."""
+    try:
+        doc = json.loads(share.result_path(job_id, task_id).read_bytes())
+    except (OSError, ValueError):
+        return None
+    whole = isinstance(doc, dict) and doc.get("task_id") == task_id and isinstance(doc.get("violations"), list)
+    return doc if whole and isinstance(doc.get("encoding"), str) else None
 
 
 def write_expansion_notes(share: SharePaths, job_id: str, skipped: list[dict[str, str]]) -> None:

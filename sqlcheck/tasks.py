@@ -176,28 +176,74 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
 
 def _lint_in_turn(task, rt: Runtime, conn, claims, held: list[str], locks: list[TaskLock], hostname: str,
                   transient_retries: int) -> tuple[set[str], list[str]]:
-    """Lint the batch's files one after the other, each under its own soft limit. Returns the
-    jobs touched and the files not started because the batch ran past the soft limit."""
+    """Lint the batch's files one after the other, each under its own soft limit, and record the
+    linted ones together at the end: one wait for the disk per message, not one per file.
+    Returns the jobs touched and the files not started because the batch ran past the soft limit.
+
+    A killed child leaves its linted files IN_PROGRESS with their result files written: the kill
+    handlers, and the next claim of a redelivered file, record those without linting again.
+    """
     settings = rt.settings
     outage_retried = transient_retries < settings.max_retries
     started = time.monotonic()
     job_ids: set[str] = set()
+    linted: list[workflow.LintedFile] = []  # result files written, rows not yet recorded
+
+    def record(rest: list[str]) -> None:
+        _record_or_retry(task, rt, conn, linted, rest, locks, transient_retries)
+        job_ids.update(f.job_id for f in linted)
+        linted.clear()
+
     for i, task_id in enumerate(held):
         if i and time.monotonic() - started > settings.soft_time_limit_s:
+            record(held[i:])
             return job_ids, held[i:]
         try:
             with soft_time_limit(settings.soft_time_limit_s):
-                job_id = workflow.lint_file(rt, conn, claims, task_id, hostname, outage_retried)
-            if job_id is not None:
-                job_ids.add(job_id)
+                done = workflow.lint_file(rt, conn, claims, task_id, hostname, outage_retried)
         except SoftTimeLimitExceeded:
             _record_soft_timeout(rt, task_id)
+            continue
         except Exception as exc:
             if _retries_left(exc, transient_retries):
+                record(held[i:])  # the outage may be Redis's alone: keep what is done (else they go with the retry)
                 _release_quietly(locks)
                 _retry_outage(task, task_id, exc, transient_retries, args=(held[i:],))
             _record_lint_error(rt, task_id, exc, transient_retries)
+            continue
+        if done is not None:
+            linted.append(done)
+            if done.attempts > 1:  # a delivery of this batch died before: keep what is done so far
+                record(held[i + 1:])
+    record([])
     return job_ids, []
+
+
+def _record_or_retry(task, rt: Runtime, conn, linted: list[workflow.LintedFile], rest: list[str],
+                     locks: list[TaskLock], transient_retries: int) -> None:
+    """Record the linted files in one transaction. On an outage, send them and `rest` again later:
+    their next claim finds their result files and records them without linting."""
+    if not linted:
+        return
+    try:
+        workflow.record_linted(rt, conn, linted)
+    except Exception as exc:
+        if _retries_left(exc, transient_retries):
+            _release_quietly(locks)
+            _retry_outage(task, linted[0].result.task_id, exc, transient_retries, args=(_ids(linted) + rest,))
+        # given up: the rows stay IN_PROGRESS, and the reaper sends them again (to the same end)
+        first, more = linted[0].result.task_id, len(linted) - 1
+        if is_transient(exc):
+            log.error("task=%s and %d more: results written but not recorded, gave up after %d retries: %s: %s; "
+                      "the reaper sends them again", first, more, transient_retries, exc.__class__.__name__,
+                      _first_line(exc))
+        else:
+            log.exception("task=%s and %d more: results written but not recorded; the reaper sends them again",
+                          first, more)
+
+
+def _ids(linted: list[workflow.LintedFile]) -> list[str]:
+    return [f.result.task_id for f in linted]
 
 
 @contextmanager

@@ -31,8 +31,9 @@ _timeouts_recorded: dict[str, None] = {}
 def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwargs) -> None:
     """Hard time limit: the child is gone, so the main process records the outcome.
 
-    A single file ends FAILURE (timeout). Of a batch, the file it was linting ends FAILURE and
-    the files it had not started are sent again (the message itself is acked: timeouts are final).
+    A single file ends FAILURE (timeout). Of a batch, the file it was linting ends FAILURE, the
+    files it had linted but not yet recorded end SUCCESS from their result files, and the files
+    it had not started are sent again (the message itself is acked: timeouts are final).
     """
     if not isinstance(exception, TimeLimitExceeded) or task_id in _timeouts_recorded:
         return
@@ -45,11 +46,11 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwa
     why = f"linting took longer than {rt.settings.hard_time_limit_s} s (hard limit); the child was killed"
     try:
         if name == LINT_TASK:
-            workflow.record_failure(rt, target, FailureReason.TIMEOUT, why)
+            workflow.record_cut_short(rt, target, FailureReason.TIMEOUT, why)
         elif name == LINT_BATCH_TASK:
             running, waiting = workflow.running_and_waiting(rt, target)
             for file_task_id in running:
-                workflow.record_failure(rt, file_task_id, FailureReason.TIMEOUT, why)
+                workflow.record_cut_short(rt, file_task_id, FailureReason.TIMEOUT, why)
             if waiting:
                 log.info("task=%s and %d more: not started when the batch was killed; sent again",
                          waiting[0], len(waiting) - 1)
@@ -101,17 +102,18 @@ def on_task_postrun(sender=None, **_kwargs) -> None:
 
 def record_memory_failure(task_name: str, target, rss_mb: float) -> None:
     """The watchdog is about to kill a child: fail its file, or its job when it was expanding a ZIP
-    (otherwise the redelivered ZIP message would balloon again, forever). A batch is redelivered
-    after the kill and goes on with the files it had not finished."""
+    (otherwise the redelivered ZIP message would balloon again, forever). Files of a batch that
+    it had linted but not yet recorded end SUCCESS from their result files; the batch is
+    redelivered after the kill and goes on with the files it had not started."""
     rt = tasks.runtime()
     why = f"the worker child used {rss_mb:.0f} MiB, above SQLCHECK_CHILD_MAX_RSS_MB={rt.settings.child_max_rss_mb}"
     if task_name == EXPAND_TASK:
         workflow.fail_job(rt, target, f"expanding the archive: {why}")
     elif task_name == LINT_BATCH_TASK:
         for file_task_id in workflow.running_and_waiting(rt, target)[0]:
-            workflow.record_failure(rt, file_task_id, FailureReason.MEMORY, why)
+            workflow.record_cut_short(rt, file_task_id, FailureReason.MEMORY, why)
     else:
-        workflow.record_failure(rt, target, FailureReason.MEMORY, why)
+        workflow.record_cut_short(rt, target, FailureReason.MEMORY, why)
 
 
 def install(settings: Settings) -> None:

@@ -24,6 +24,7 @@ from sqlcheck.retries import is_transient
 from sqlcheck.result_cache import CachedResult, ResultCache, cache_key, key_for_digest
 from sqlcheck.result_files import (
     read_expansion_notes,
+    read_task_result,
     rule_counts,
     summary_document,
     task_result_document,
@@ -158,7 +159,7 @@ def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options
         report = LintReport(hit.violations, hit.parse_errors, 0.0)
         doc = task_result_document(job_id, task_id, member, hit.encoding, dialect, report)
         doc["from_cache"] = True
-        finished.append((task_id, write_task_result(rt.share, doc), len(hit.violations), rule_counts(report),
+        finished.append((task_id, write_task_result(rt.share, doc), len(hit.violations), rule_counts(hit.violations),
                          hit.encoding))
     if not finished:
         return 0
@@ -241,12 +242,24 @@ def fail_job(rt: Runtime, job_id: str, message: str) -> None:
 # ---- lint one file ---------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LintedFile:
+    """A claimed file whose result file is written and whose row is not recorded yet: a batch
+    records its files together (record_linted)."""
+
+    job_id: str
+    result: repo.FileResult
+    attempts: int  # including this one; above 1, an earlier delivery died on this file
+    how: str = ""  # for the log: where the result came from when not from a lint
+
+
 def lint_task(rt: Runtime, task_id: str, hostname: str, outage_retried: bool = False) -> None:
     """Claim the task, lint its file, write the result, record it; finalize the job if last."""
     with file_connections(rt) as (conn, claims):
-        job_id = lint_file(rt, conn, claims, task_id, hostname, outage_retried)
-        if job_id is not None:
-            finalize_if_complete(rt, conn, job_id)
+        linted = lint_file(rt, conn, claims, task_id, hostname, outage_retried)
+        if linted is not None:
+            record_linted(rt, conn, [linted])
+            finalize_if_complete(rt, conn, linted.job_id)
 
 
 @contextmanager
@@ -257,12 +270,15 @@ def file_connections(rt: Runtime):
         yield conn, claims
 
 
-def lint_file(rt: Runtime, conn, claims, task_id: str, hostname: str, outage_retried: bool = False) -> str | None:
-    """Claim one task on `claims`, lint its file, write the result, record it on `conn`. Returns
-    its job id (the caller asks whether the job is complete), or None when it could not be claimed.
+def lint_file(rt: Runtime, conn, claims, task_id: str, hostname: str,
+              outage_retried: bool = False) -> LintedFile | None:
+    """Claim one task on `claims`, lint its file and write its result. Returns what the caller
+    records with record_linted, or None when there is nothing to record: the task could not be
+    claimed, or its file was rejected (recorded FAILURE here).
 
-    `outage_retried`: the caller will retry a transient error, so this delivery's attempt is
-    given back when one ends it.
+    A file claimed again after an earlier delivery died is not linted again when that delivery
+    had written its result. `outage_retried`: the caller will retry a transient error, so this
+    delivery's attempt is given back when one ends it.
     """
     claimed = repo.claim_task(claims, task_id, hostname, rt.settings.max_attempts)
     if claimed is None:
@@ -271,14 +287,78 @@ def lint_file(rt: Runtime, conn, claims, task_id: str, hostname: str, outage_ret
     job_id = claimed.job_id
     log.info("job=%s task=%s lint started: %s (attempt %d)", job_id, task_id, claimed.archive_member,
              claimed.attempts)
+    if claimed.attempts > 1:
+        written = written_result(rt, job_id, task_id)
+        if written is not None:
+            return LintedFile(job_id, written, claimed.attempts, EARLIER_RESULT)
     try:
         dialect, options = _job_lint_settings(rt, conn, job_id)
-        _lint_claimed(rt, conn, job_id, task_id, claimed.archive_member, claimed.source_file_path, dialect, options)
+        found = _lint_claimed(rt, job_id, task_id, claimed.archive_member, claimed.source_file_path, dialect, options)
     except Exception as exc:
         if outage_retried and is_transient(exc):
             _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
         raise
-    return job_id
+    if found is None:
+        return None
+    result, from_cache = found
+    return LintedFile(job_id, result, claimed.attempts, " (from the result cache)" if from_cache else "")
+
+
+#: the log's note on a file recorded from the result file an earlier delivery wrote
+EARLIER_RESULT = " (result file written by an earlier attempt)"
+
+
+def record_linted(rt: Runtime, conn, files: Sequence[LintedFile]) -> int:
+    """IN_PROGRESS -> SUCCESS for linted files, all in one transaction: one wait for the disk
+    for a message's files, not one each. When one had moved meanwhile (a duplicate delivery, the
+    reaper), they are recorded one by one instead, to tell which. Returns how many were recorded."""
+    if len(files) > 1 and repo.finish_tasks_success_together(conn, [f.result for f in files]):
+        for f in files:
+            _log_success(f)
+        return len(files)
+    recorded = 0
+    for f in files:
+        if repo.finish_task_success(conn, f.result):
+            _log_success(f)
+            recorded += 1
+        else:
+            log.warning("job=%s task=%s finished but the row was no longer in progress; kept as it was",
+                        f.job_id, f.result.task_id)
+    return recorded
+
+
+def _log_success(f: LintedFile) -> None:
+    took = f" in {f.result.duration_s:.3f}s" if f.result.duration_s is not None else ""
+    log.info("job=%s task=%s SUCCESS: %d violations%s%s", f.job_id, f.result.task_id, f.result.violation_count,
+             took, f.how)
+
+
+def written_result(rt: Runtime, job_id: str, task_id: str) -> repo.FileResult | None:
+    """What an earlier attempt's whole result file says, or None: a child killed after writing a
+    file's result and before its row was recorded leaves the result on the share."""
+    doc = read_task_result(rt.share, job_id, task_id)
+    if doc is None:
+        return None
+    violations = doc["violations"]
+    return repo.FileResult(task_id, rt.share.result_rel(job_id, task_id), len(violations),
+                           rule_counts(violations), doc["encoding"], None)
+
+
+def record_cut_short(rt: Runtime, task_id: str, reason: FailureReason, message: str) -> TaskStatus | None:
+    """An open file whose linting was cut short (hard time limit, memory kill, attempts used up):
+    SUCCESS from its result file when it had written one (a batch records its files at its end),
+    else FAILURE for `reason`. Returns the status it moved to; None if it had already ended."""
+    with rt.db.session() as s:
+        task = repo.get_task(s, task_id)
+        job_id, attempts = (task.job_id, task.attempts) if task is not None else (None, 0)
+    written = written_result(rt, job_id, task_id) if job_id else None
+    if written is not None:
+        with rt.db.autocommit() as conn:
+            if record_linted(rt, conn, [LintedFile(job_id, written, attempts, EARLIER_RESULT)]):
+                finalize_job(rt, job_id)
+                return TaskStatus.SUCCESS
+    # also when the row was not IN_PROGRESS (PENDING: requeued by the reaper)
+    return TaskStatus.FAILURE if record_failure(rt, task_id, reason, message) else None
 
 
 def deferred_cache_writes(rt: Runtime):
@@ -295,8 +375,9 @@ def finalize_if_complete(rt: Runtime, conn, job_id: str) -> None:
 
 
 def running_and_waiting(rt: Runtime, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Of a batch whose child was killed: the files it was linting (IN_PROGRESS), and the files it
-    had not started (PENDING), in the batch's order."""
+    """Of a batch whose child was killed: the files it had claimed and not recorded (IN_PROGRESS:
+    the one it was linting, and those linted whose rows it would have recorded at the end), and
+    the files it had not started (PENDING), in the batch's order."""
     with rt.db.session() as s:
         statuses = repo.task_statuses(s, task_ids)
     running = [t for t in task_ids if statuses.get(t) == TaskStatus.IN_PROGRESS.value]
@@ -325,7 +406,7 @@ def _not_claimed(rt: Runtime, task_id: str) -> None:
     elif status in {t.value for t in TERMINAL_TASK_STATES}:
         log.info("job=%s task=%s already %s; duplicate message ignored", job_id, task_id, status)
     else:
-        record_failure(
+        record_cut_short(
             rt, task_id, FailureReason.WORKER_LOST,
             f"gave up after {rt.settings.max_attempts} attempts: the worker died while linting this file each time",
         )
@@ -342,26 +423,21 @@ def _give_back_attempt(rt: Runtime, task_id: str) -> None:
         log.warning("task=%s attempt not given back (%s)", task_id, exc.__class__.__name__)
 
 
-def _lint_claimed(rt: Runtime, conn, job_id: str, task_id: str, member: str, source_rel: str | None,
-                  dialect: str, options: tuple) -> None:
-    """The part of lint_file after the claim: lint (or take from the cache), write, record."""
+def _lint_claimed(rt: Runtime, job_id: str, task_id: str, member: str, source_rel: str | None,
+                  dialect: str, options: tuple) -> tuple[repo.FileResult, bool] | None:
+    """The part of lint_file after the claim: lint (or take from the cache) and write the result
+    file. Returns (what to record, whether from the cache); None for a rejected file."""
     try:
         data = _read_source(rt, source_rel)
         encoding, report, from_cache = _lint_or_cached(rt, data, member, dialect, options, task_id)
     except FileRejected as exc:
         record_failure(rt, task_id, exc.reason, str(exc))  # finalizes the job itself when last
-        return
+        return None
     doc = task_result_document(job_id, task_id, member, encoding, dialect, report)
     doc["from_cache"] = from_cache
     result_rel = write_task_result(rt.share, doc)
-    done = repo.finish_task_success(
-        conn, task_id, result_rel, len(report.violations), rule_counts(report), encoding, report.duration_s
-    )
-    if done:
-        log.info("job=%s task=%s SUCCESS: %d violations in %.3fs%s", job_id, task_id, len(report.violations),
-                 report.duration_s, " (from the result cache)" if from_cache else "")
-    else:
-        log.warning("job=%s task=%s finished but the row was already terminal; kept as it was", job_id, task_id)
+    return repo.FileResult(task_id, result_rel, len(report.violations), rule_counts(report.violations), encoding,
+                           report.duration_s), from_cache
 
 
 def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options: tuple,
@@ -454,4 +530,5 @@ def write_summary(rt: Runtime, job_id: str, session=None) -> None:
     )
 
 
-__all__ = ["Runtime", "expand_job", "lint_task", "lint_file", "record_failure", "finalize_job", "write_summary"]
+__all__ = ["Runtime", "expand_job", "lint_task", "lint_file", "record_linted", "record_cut_short", "record_failure",
+           "finalize_job", "write_summary"]

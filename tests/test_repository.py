@@ -77,7 +77,8 @@ def claim(db, tid, max_attempts=3) -> bool:
 
 def succeed(db, tid) -> bool:
     with db.session() as s:
-        return repo.finish_task_success(s, tid, f"jobs/x/results/{tid}.json", 2, {"LT01": 2}, "utf-8", 0.01)
+        return repo.finish_task_success(s, repo.FileResult(tid, f"jobs/x/results/{tid}.json", 2, {"LT01": 2},
+                                                            "utf-8", 0.01))
 
 
 def fail(db, tid, reason=FailureReason.TIMEOUT) -> bool:
@@ -213,6 +214,27 @@ def test_finish_is_conditional_first_ending_wins(db):
     assert (row.status, row.failure_reason) == ("FAILURE", "memory")
     with db.session() as s:
         assert repo.open_task_ids(s, job_id) == []
+
+
+def result_for(tid: str, count: int = 2) -> repo.FileResult:
+    return repo.FileResult(tid, f"jobs/x/results/{tid}.json", count, {"LT01": count}, "utf-8", 0.01)
+
+
+def test_finishing_together_is_all_or_nothing(db):
+    """A batch's files are recorded in one transaction; if one had ended meanwhile (the reaper, a
+    duplicate), none is changed, and the caller finishes them one by one to learn which."""
+    job_id = new_job(db, ["a.sql", "b.sql", "c.sql"])
+    a, b, c = (task_id(job_id, m) for m in ("a.sql", "b.sql", "c.sql"))
+    for tid in (a, b, c):
+        claim(db, tid)
+    assert fail(db, c, FailureReason.TIMEOUT)
+    with db.autocommit() as conn:
+        assert not repo.finish_tasks_success_together(conn, [result_for(a), result_for(b), result_for(c)])
+        assert [task_row(db, t).status for t in (a, b)] == ["IN_PROGRESS", "IN_PROGRESS"]  # rolled back
+        assert repo.finish_tasks_success_together(conn, [result_for(a, 1), result_for(b, 3)])
+        rows = [task_row(db, t) for t in (a, b, c)]  # another connection sees them: committed
+    assert [(r.status, r.violation_count) for r in rows] == [("SUCCESS", 1), ("SUCCESS", 3), ("FAILURE", None)]
+    assert rows[0].finished_at is not None and rows[0].duration_s == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize(

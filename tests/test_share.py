@@ -117,3 +117,24 @@ def test_task_result_is_written_in_place_then_replaced_whole(tmp_path):
     write_task_result(share, doc(3))  # linted again: the file is replaced, not appended to
     assert json.loads((tmp_path / rel).read_text("utf-8"))["violation_count"] == 3
     assert os.listdir(tmp_path / "jobs/J/results") == ["T.json"]  # no temporary file left
+
+
+def test_a_result_file_is_read_back_only_when_whole_and_its_own(tmp_path):
+    """What lets a killed child's written results be recorded later: a partial write reads as none."""
+    from sqlcheck.lint_engine import LintReport
+    from sqlcheck.result_files import read_task_result, task_result_document, write_task_result
+
+    share = SharePaths(tmp_path)
+    assert read_task_result(share, "J", "T") is None  # never written
+    violations = [{"code": "LT01", "start_line_no": 1}, {"code": "CP01", "start_line_no": 2}]
+    rel = write_task_result(share, task_result_document("J", "T", "a.sql", "latin-1", "ansi",
+                                                        LintReport(violations, 0, 0.0)))
+    doc = read_task_result(share, "J", "T")
+    assert doc is not None and doc["violations"] == violations and doc["encoding"] == "latin-1"
+    whole = (tmp_path / rel).read_bytes()
+    for cut in (len(whole) - 1, len(whole) // 2, 1, 0):  # a child killed while writing it
+        (tmp_path / rel).write_bytes(whole[:cut])
+        assert read_task_result(share, "J", "T") is None, cut
+    (tmp_path / rel).write_bytes(whole)
+    (tmp_path / "jobs/J/results/U.json").write_bytes(whole)  # another task's document under this name
+    assert read_task_result(share, "J", "U") is None

@@ -9,8 +9,10 @@ message per file, and both files in one batch message (the limits then hold per 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+from collections import Counter
 
 import psutil
 import pytest
@@ -150,6 +152,44 @@ def test_file_killed_on_every_attempt_ends_worker_lost(pg_stack, batch):
     assert bad["attempts"] == 3  # SQLCHECK_MAX_ATTEMPTS, then no more runs
     assert _tasks(view)["good.sql"]["status"] == "SUCCESS"
     assert view["status"] == "PARTIAL_SUCCESS"
+
+
+#: larger than a faulty file, so a batch (largest first) lints them before it: the kill finds
+#: them linted, their result files written and their rows not recorded yet (a batch records its
+#: files together at its end)
+EARLIER_SQL = "SELECT a FROM t\n-- " + "x" * 200 + "\n"
+
+
+@pytest.mark.parametrize("fault,reason", [
+    ("sleep_s=60 ignore_soft=1", "timeout"),
+    ("alloc_mb=1200 hold_s=20", "memory"),
+    ("kill_self=1", "worker_lost"),
+])
+def test_files_linted_before_a_kill_keep_their_results(pg_stack, fault, reason):
+    limits = KILL_LIMITS if reason == "worker_lost" else LIMITS
+    worker = pg_stack.start_worker(concurrency=1, extra_env={**limits, "SQLCHECK_LINT_BATCH_MAX_FILES": "8"})
+    job_id = pg_stack.submit(make_zip({
+        "bad.sql": f"-- sqlcheck-fault: {fault}\nSELECT 1\n",
+        "early1.sql": EARLIER_SQL,
+        "early2.sql": EARLIER_SQL.replace("a", "b"),
+    }))
+    view = pg_stack.wait_job(job_id, 120)
+    _check_messages(worker, "batch")
+    tasks = _tasks(view)
+    assert (tasks["bad.sql"]["status"], tasks["bad.sql"]["failure_reason"]) == ("FAILURE", reason)
+    assert view["status"] == "PARTIAL_SUCCESS" and view["succeeded_tasks"] == 2
+    log = worker.log()
+    for member in ("early1.sql", "early2.sql"):
+        task = tasks[member]
+        assert task["status"] == "SUCCESS", task
+        assert task["duration_s"] is None  # recorded from the result file, not linted again
+        written = json.loads((pg_stack.share / task["result_file_path"]).read_text("utf-8"))
+        assert task["violation_count"] == written["violation_count"] > 0
+        assert json.loads(task["rule_counts"]) == dict(Counter(v["code"] for v in written["violations"]))
+        success = [line for line in log.splitlines() if f"task={task['id']} SUCCESS:" in line]
+        assert len(success) == 1 and "written by an earlier attempt" in success[0], success
+        # linted once; a killed child's batch is redelivered, its next claim records the result
+        assert log.count(f"task={task['id']} lint started") == task["attempts"] == (2 if reason == "worker_lost" else 1)
 
 
 def test_idle_child_over_the_recycle_limit_is_replaced_gracefully(pg_stack, single):
