@@ -634,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"(b) wall split (median repetition, all dialects): {sp['start']:.2f} s submit -> first claim, "
         f"{sp['lint']:.2f} s linting (children busy linting {100 * sp['busy'] / max(sp['lint'], 1e-9):.0f}% of it), "
         f"{sp['end']:.2f} s last result -> job SUCCESS")
-    say(f"ratio b/a: {fb / fa:.2f}  (target >= 2.0: {'met' if fb / fa >= 2.0 else 'NOT met'})")
+    say(f"ratio b/a: {fb / fa:.2f}  (target >= 2.0: {'met' if fb / fa >= 2.0 else 'NOT met'}; the ceiling: the "
+        f"{n}-core limit is {limit / fa:.2f}x (a), the parallel check {fp / fa:.2f}x)")
     say(f"ratio b/limit: {fb / limit:.2f}  (target >= 0.9 with the pure-Python parser; this run: {args.parser}); "
         f"against the limit of Linter.lint_string: {fb / limit_plain:.2f}")
     say(f"per-file overhead (queue + DB + result write), median: {med(per_file):.2f} ms "
