@@ -86,12 +86,16 @@ def generated_sql(seed: int, lines: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def build_corpus(dialects: list[str], large_lines: list[int]) -> tuple[dict[str, dict[str, bytes]], str]:
-    """Real SQL per dialect (sqlfluff's dialect fixtures if present, else tests/corpus) + generated files."""
+def build_corpus(dialects: list[str], large_lines: list[int],
+                 root: Path | None = None) -> tuple[dict[str, dict[str, bytes]], str]:
+    """Real SQL per dialect (`root`/<dialect>/*.sql; by default sqlfluff's dialect fixtures if
+    present, else tests/corpus) + generated files."""
     corpus: dict[str, dict[str, bytes]] = {}
-    source = "sqlfluff dialect fixtures (../shared/corpus)" if FIXTURES.is_dir() else "tests/corpus"
+    if root is None:
+        root = FIXTURES if FIXTURES.is_dir() else REPO / "tests" / "corpus"
+    source = "sqlfluff dialect fixtures (../shared/corpus)" if root == FIXTURES else str(root)
     for i, d in enumerate(dialects):
-        src = FIXTURES / d if FIXTURES.is_dir() else REPO / "tests" / "corpus" / d
+        src = root / d
         files = {p.name: p.read_bytes() for p in sorted(src.glob("*.sql"))}
         if not files:
             raise SystemExit(f"bin/bench: no .sql files for dialect {d} in {src}")
@@ -488,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-files", type=int, default=None,
                     help="SQLCHECK_LINT_BATCH_MAX_FILES for (b); default the setting's default, 1 = one message per file")
     ap.add_argument("--large-lines", default="150,300", help="line counts of the generated larger files per dialect")
+    ap.add_argument("--corpus", type=Path, default=None,
+                    help="folder with one folder of .sql files per dialect (default: ../shared/corpus/"
+                         "sqlfluff-dialect-fixtures if present, else tests/corpus)")
     ap.add_argument("--small-files", type=int, default=10_000, help="files in the small-file ZIP (0 = skip)")
     ap.add_argument("--redis-db", type=int, default=0,
                     help="Redis db on 127.0.0.1:6379 (default 0 = the first free, empty one of 1..15); claimed "
@@ -498,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.processes
 
     work = Path(tempfile.mkdtemp(prefix="sqlcheck-bench-"))
-    corpus, source = build_corpus(dialects, [int(x) for x in args.large_lines.split(",") if x])
+    corpus, source = build_corpus(dialects, [int(x) for x in args.large_lines.split(",") if x], args.corpus)
     zips, folders, texts = {}, {}, {}
     for d, files in corpus.items():
         folders[d] = work / "unzipped" / d
