@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from sqlcheck.errors import SqlcheckError, UserInputError
 from sqlcheck.share import SharePaths
@@ -78,9 +78,12 @@ def read_summary(share: SharePaths, job_id: str) -> dict[str, Any]:
         raise ReportUnavailable(f"no summary for job {job_id} yet (unknown job, or not finished)") from None
 
 
-def read_results(share: SharePaths, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The result documents of the job's analysed files, as listed in its summary."""
+def read_results(share: SharePaths, summary: dict[str, Any],
+                 known: Mapping[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The result documents of the job's analysed files, as listed in its summary. `known`: the
+    documents this process has just written, by task id, which need not be read back."""
     job_id = summary.get("job_id")
+    known = known or {}
 
     def path(f: dict[str, Any]):
         # where workers write them (the results directory resolved once), else as the row says
@@ -88,22 +91,25 @@ def read_results(share: SharePaths, summary: dict[str, Any]) -> list[dict[str, A
             return share.result_path(job_id, f["task_id"])
         return share.absolute(f["result_file_path"])
 
-    return [json.loads(path(f).read_text("utf-8")) for f in summary.get("files", []) if f.get("result_file_path")]
+    return [known.get(f.get("task_id")) or json.loads(path(f).read_text("utf-8"))
+            for f in summary.get("files", []) if f.get("result_file_path")]
 
 
 def sarif_rel(job_id: str) -> str:
     return f"jobs/{job_id}/report.sarif"
 
 
-def write_job_sarif(share: SharePaths, summary: dict[str, Any]) -> str:
-    """Write jobs/<job_id>/report.sarif from the summary and result files; returns its relative path."""
+def write_job_sarif(share: SharePaths, summary: dict[str, Any],
+                    known: Mapping[str, dict[str, Any]] | None = None) -> str:
+    """Write jobs/<job_id>/report.sarif from the summary and result files (`known`: see
+    read_results); returns its relative path."""
     from sqlcheck.sarif import sarif_bytes, sarif_document
     from sqlcheck.share import atomic_write
 
     rel = sarif_rel(summary["job_id"])
     # No fsync: it is derived from summary.json (which is synced) and the result files, and
     # `sqlcheckctl report -f sarif` writes it again; the wait was part of every job's finalize.
-    atomic_write(share.absolute(rel), sarif_bytes(sarif_document(summary, read_results(share, summary))), fsync=False)
+    atomic_write(share.absolute(rel), sarif_bytes(sarif_document(summary, read_results(share, summary, known))), fsync=False)
     return rel
 
 

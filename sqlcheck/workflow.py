@@ -11,7 +11,7 @@ import logging
 import shutil
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from sqlcheck import batching, faults, job_config
 from sqlcheck import repository as repo
@@ -128,7 +128,7 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
     ]
     with rt.db.session() as s:
         total = repo.create_tasks(s, job_id, new_tasks)
-    cached = _serve_from_cache(rt, job_id, dialect_raw, options_raw, expansion.members)
+    cached, written = _serve_from_cache(rt, job_id, dialect_raw, options_raw, expansion.members)
     sent, messages = send_undispatched(rt, job_id, send)
     rejected = sum(1 for m in expansion.members if m.rejected)
     log.info(
@@ -136,14 +136,17 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         "%d files dispatched in %d messages",
         job_id, total, rejected, len(expansion.skipped), cached, sent, messages,
     )
-    finalize_job(rt, job_id)
+    finalize_job(rt, job_id, written)
 
 
-def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options_raw: str | None, members) -> int:
+def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options_raw: str | None,
+                      members) -> tuple[int, dict[str, dict]]:
     """Files whose result the cache already holds end SUCCESS here (result file written, row
-    updated), with no lint message: re-uploads cost one MGET per 1,000 files. Returns how many."""
+    updated), with no lint message: re-uploads cost one MGET per 1,000 files. Returns how many
+    rows it ended, and the result documents written by task id (the job's report is then built
+    from them, not read back from the share)."""
     if rt.result_cache is None or faults.enabled():  # a fault-test file must really run
-        return 0
+        return 0, {}
     dialect, options = lint_settings(rt, job_id, dialect_raw, options_raw)
     parser = parser_kind(rt.settings.use_rust_parser)
     wanted = {
@@ -151,7 +154,7 @@ def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options
         for m in members if m.sha256 and m.path and not m.rejected
     }
     hits = rt.result_cache.get_many([key for _, key in wanted.values()])
-    finished = []
+    finished, written = [], {}
     for task_id, (member, key) in wanted.items():
         hit = hits.get(key)
         if hit is None:
@@ -161,10 +164,11 @@ def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options
         doc["from_cache"] = True
         finished.append((task_id, write_task_result(rt.share, doc), len(hit.violations), rule_counts(hit.violations),
                          hit.encoding))
+        written[task_id] = doc
     if not finished:
-        return 0
+        return 0, {}
     with rt.db.session() as s:
-        return repo.finish_pending_from_cache(s, finished, rt.settings.node_name)
+        return repo.finish_pending_from_cache(s, finished, rt.settings.node_name), written
 
 
 def _one_row_per_name(expansion) -> None:
@@ -494,24 +498,26 @@ def record_failure(rt: Runtime, task_id: str, reason: FailureReason, message: st
 # ---- finalize ----------------------------------------------------------------------
 
 
-def finalize_job(rt: Runtime, job_id: str) -> bool:
+def finalize_job(rt: Runtime, job_id: str, written: Mapping[str, dict] | None = None) -> bool:
     """If every task ended, move the job to its terminal status (exactly once) and write summary.json.
 
     The summary is written inside the finalizing transaction, before the commit, so a client
     that sees the terminal status always finds summary.json (a failed write rolls the status back).
+    `written`: result documents this process has just written, by task id (not read back).
     """
     with rt.db.session() as s:
         finalized = repo.finalize_job_if_complete(s, job_id)
         if finalized:
-            write_summary(rt, job_id, s)
+            write_summary(rt, job_id, s, written)
     return finalized
 
 
-def write_summary(rt: Runtime, job_id: str, session=None) -> None:
-    """Write summary.json from the rows as ``session`` (a database session) sees them; a new one if None."""
+def write_summary(rt: Runtime, job_id: str, session=None, written: Mapping[str, dict] | None = None) -> None:
+    """Write summary.json (and report.sarif) from the rows as ``session`` (a database session)
+    sees them; a new one if None. `written`: see finalize_job."""
     if session is None:
         with rt.db.session() as s:
-            return write_summary(rt, job_id, s)
+            return write_summary(rt, job_id, s, written)
     session.expire_all()  # read the rows as updated in this transaction, not cached copies
     job = repo.get_job(session, job_id)
     tasks = repo.list_tasks(session, job_id)
@@ -521,7 +527,7 @@ def write_summary(rt: Runtime, job_id: str, session=None) -> None:
     )
     write_job_summary(rt.share, doc)
     try:
-        write_job_sarif(rt.share, doc)
+        write_job_sarif(rt.share, doc, written)
     except (OSError, ValueError) as exc:  # the summary stands; `sqlcheckctl report -f sarif` rebuilds it
         log.warning("job=%s report.sarif not written: %s", job_id, exc)
     log.info(

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 import pytest
 
 from sqlcheck.errors import UserInputError
-from sqlcheck.reports import ReportUnavailable, csv_report, job_report
+from sqlcheck.reports import ReportUnavailable, csv_report, job_report, read_results
 from sqlcheck.sarif import sarif_bytes, sarif_document
 from sqlcheck.share import SharePaths
 
@@ -126,3 +126,20 @@ def test_job_report_names_a_missing_result_file(tmp_path):
     assert json.loads(job_report(share, job, "json"))["job_id"] == job  # needs no result file
     with pytest.raises(ReportUnavailable, match="gone.json"):
         job_report(share, job, "sarif")
+
+
+def test_results_known_in_memory_are_not_read_back(tmp_path):
+    """The expand task builds the report of a job served from the result cache from the documents
+    it has just written; the others are read from the share."""
+    share = SharePaths(tmp_path)
+    job = SUMMARY["job_id"]
+    on_share = {**RESULTS[0], "task_id": "t-share"}
+    rel = share.result_rel(job, "t-share")
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text(json.dumps(on_share), "utf-8")
+    in_memory = {**RESULTS[1], "task_id": "t-memory"}  # its file is not on the share at all
+    files = [{"task_id": t, "result_file_path": share.result_rel(job, t)} for t in ("t-share", "t-memory")]
+    summary = {**SUMMARY, "files": files}
+    assert read_results(share, summary, {"t-memory": in_memory}) == [on_share, in_memory]
+    with pytest.raises(FileNotFoundError):
+        read_results(share, summary)

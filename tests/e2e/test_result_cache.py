@@ -4,7 +4,9 @@ import json
 
 import redis
 
+from sqlcheck.reports import job_report
 from sqlcheck.result_cache import INDEX_KEY, CachedResult, ResultCache, cache_key
+from sqlcheck.share import SharePaths
 from tests.helpers import make_zip
 
 FILES = {
@@ -65,6 +67,11 @@ def test_identical_resubmission_is_served_from_the_cache(pg_stack):
     assert second_docs["a.sql"]["violation_count"] == 2  # really the lint result, not an empty one
     # served at expansion: no lint message was sent for them
     assert all(t["dispatched_at"] is None for t in second["tasks"])
+    # its report.sarif was built from the documents just written, not read back: the same as
+    # the one `sqlcheckctl report -f sarif` builds from the files on the share
+    written = json.loads((pg_stack.share / "jobs" / second["id"] / "report.sarif").read_text("utf-8"))
+    assert written == json.loads(job_report(SharePaths(pg_stack.share), second["id"], "sarif"))
+    assert len(written["runs"][0]["results"]) == sum(d["violation_count"] for d in second_docs.values()) > 0
 
     # another dialect is another key: linted again, not served from the cache
     third = pg_stack.wait_job(pg_stack.submit(zip_bytes, dialect="postgres"), 60)
