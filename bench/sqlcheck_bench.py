@@ -348,9 +348,8 @@ def per_file_overheads(timing: list[tuple[float, float, float]], children: int) 
     claim's round trip, reading, the cache, the result file). Queue: from the previous file's
     finished_at to this file's started_at on the same child: between messages that holds the
     message's durable commit of its results, the ack, the next message, Celery's hand-over and
-    the lock. The children are
-    reconstructed from the rows: each file goes to the child that became free last before it
-    started."""
+    the lock. The children are reconstructed from the rows: each file goes to the child that
+    became free last before it started."""
     ends = [float("-inf")] * children
     out = []
     for started, finished, lint_s in sorted(timing):

@@ -370,24 +370,16 @@ _FINISH_FROM_CACHE = (
     .where(Task.id == bindparam("task_id"), Task.status == TaskStatus.PENDING.value, Task.dispatched_at.is_(None))
     .values(status=TaskStatus.SUCCESS.value, result_file_path=bindparam("path"), violation_count=bindparam("count"),
             rule_counts=bindparam("counts"), encoding=bindparam("enc"), worker_hostname=bindparam("host"),
-            started_at=bindparam("now"), finished_at=bindparam("now"), duration_s=0.0)
+            started_at=bindparam("now"), finished_at=bindparam("now"), duration_s=bindparam("duration"))
 )
 
 
-def finish_pending_from_cache(session: Session, finished: Sequence[tuple[str, str, int, dict[str, int], str]],
-                              hostname: str) -> int:
-    """(task_id, result path, violations, rule counts, encoding) of never-sent PENDING tasks whose
-    result the cache held -> SUCCESS, in the caller's one transaction, as one executemany.
-    Returns how many changed."""
-    if not finished:
+def finish_pending_from_cache(session: Session, results: Sequence[FileResult], hostname: str) -> int:
+    """Never-sent PENDING tasks whose result the cache held -> SUCCESS, in the caller's one
+    transaction, as one executemany. Returns how many changed."""
+    if not results:
         return 0
-    now = utcnow()
-    rows = [
-        {"task_id": task_id, "path": path, "count": count, "counts": json.dumps(counts, sort_keys=True),
-         "enc": encoding, "host": hostname, "now": now}
-        for task_id, path, count, counts, encoding in finished
-    ]
-    return session.execute(_FINISH_FROM_CACHE, rows).rowcount
+    return session.execute(_FINISH_FROM_CACHE, [{**_finish_params(r), "host": hostname} for r in results]).rowcount
 
 
 def fail_task(session: Session, task_id: str, reason: FailureReason, message: str, encoding: str | None = None) -> bool:

@@ -162,8 +162,8 @@ def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options
         report = LintReport(hit.violations, hit.parse_errors, 0.0)
         doc = task_result_document(job_id, task_id, member, hit.encoding, dialect, report)
         doc["from_cache"] = True
-        finished.append((task_id, write_task_result(rt.share, doc), len(hit.violations), rule_counts(hit.violations),
-                         hit.encoding))
+        finished.append(repo.FileResult(task_id, write_task_result(rt.share, doc), len(hit.violations),
+                                        rule_counts(hit.violations), hit.encoding, 0.0))
         written[task_id] = doc
     if not finished:
         return 0, {}
