@@ -11,11 +11,14 @@ from tests.helpers import make_zip
 CLIENT = """
 import json, sys
 from pathlib import Path
-from sqlcheck.client import submit_zip
+from sqlcheck.client import Submitter, submit_zip
 from sqlcheck.settings import load_settings
 job_id = submit_zip(load_settings(), Path(sys.argv[1]), "postgres")
+with Submitter(load_settings()) as web:  # a long-lived web process: one client, its connections kept
+    again = [web.submit(Path(sys.argv[1]), "postgres") for _ in range(2)]
 worker_side = ("sqlcheck.tasks", "sqlcheck.workflow", "sqlcheck.lint_engine", "sqlfluff")
-print(json.dumps({"job_id": job_id, "loaded": sorted(m for m in sys.modules if m.startswith(worker_side))}))
+print(json.dumps({"job_id": job_id, "again": again,
+                  "loaded": sorted(m for m in sys.modules if m.startswith(worker_side))}))
 """
 
 
@@ -42,3 +45,8 @@ def test_submit_from_a_process_without_the_task_code(stack, tmp_path):
         "encoding": "utf-8", "dialect": "postgres"}
     assert result["violations"] == [] and task["violation_count"] == 0
     assert "app.celery_app.tasks.expand_zip_and_dispatch_tasks[" in worker.log()
+    assert len({sent["job_id"], *sent["again"]}) == 3
+    for job_id in sent["again"]:  # the same upload twice more through one kept client
+        again = stack.wait_job(job_id, 60)
+        assert again["status"] == "SUCCESS" and again["source_path"] == f"uploads/{job_id}.zip"
+        assert [t["archive_member"] for t in again["tasks"]] == ["reports/daily.sql"]
