@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +38,16 @@ from sqlcheck.supervisor_control import ALREADY_STARTED, NOT_RUNNING, STOPPED_ST
 Say = Callable[[str], None]
 QUEUES = ("zip_processing", "sql_analysis")
 LOG_TAIL_BYTES = 3000
+
+
+@contextmanager
+def _already_stopped_is_fine():
+    """Asking supervisord to stop what is not running is done, not an error."""
+    try:
+        yield
+    except SupervisorFault as exc:
+        if exc.code != NOT_RUNNING:
+            raise
 
 
 def _quiet(_line: str) -> None:
@@ -322,11 +333,8 @@ def stop(settings: Settings, timeout_s: float | None = None, say: Say = _quiet) 
         say(f"in flight, will finish first: {line}")
     wait_s = timeout_s if timeout_s is not None else max(s.stopwaitsecs for s in worker_specs(plan)) + 10
     say(f"stopping the workers warm (TERM), waiting up to {wait_s:.0f} s")
-    try:
+    with _already_stopped_is_fine():
         sup.stop_group(GROUP, wait=False)
-    except SupervisorFault as exc:
-        if exc.code != NOT_RUNNING:
-            raise
     if not _wait_group_stopped(sup, GROUP, time.monotonic() + wait_s, say):
         result.cold = True
         say(f"timeout after {wait_s:.0f} s: SIGQUIT (cold shutdown; files in flight go back to Redis)")
@@ -362,11 +370,8 @@ def restart(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_d
             continue  # the broker itself stays up: restarting it gains nothing and stalls every worker
         name = _full_name(spec)
         say(f"restarting {name} (warm stop, waits for files in flight)")
-        try:
+        with _already_stopped_is_fine():
             sup.stop_process(name, wait=False)
-        except SupervisorFault as exc:
-            if exc.code != NOT_RUNNING:
-                raise
         deadline = time.monotonic() + spec.stopwaitsecs + 15
         while sup.process(name).state not in STOPPED_STATES:
             if time.monotonic() > deadline:
@@ -399,11 +404,8 @@ def reload(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_di
     added, changed, removed = sup.reload_config()
     for group in removed + changed:
         say(f"stopping group {group} (warm)")
-        try:
+        with _already_stopped_is_fine():
             sup.stop_group(group, wait=False)
-        except SupervisorFault as exc:
-            if exc.code != NOT_RUNNING:
-                raise
         longest = max((s.stopwaitsecs for s in programs(plan)), default=60)
         if not _wait_group_stopped(sup, group, time.monotonic() + longest + 15, say):
             raise ControlError(f"group {group} did not stop in time; nothing was replaced")
