@@ -162,8 +162,7 @@ def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options
         report = LintReport(hit.violations, hit.parse_errors, 0.0)
         doc = task_result_document(job_id, task_id, member, hit.encoding, dialect, report)
         doc["from_cache"] = True
-        finished.append(repo.FileResult(task_id, write_task_result(rt.share, doc), len(hit.violations),
-                                        rule_counts(hit.violations), hit.encoding, 0.0))
+        finished.append(_file_result(task_id, write_task_result(rt.share, doc), hit.violations, hit.encoding, 0.0))
         written[task_id] = doc
     if not finished:
         return 0, {}
@@ -308,6 +307,12 @@ def lint_file(rt: Runtime, conn, claims, task_id: str, hostname: str,
     return LintedFile(job_id, result, claimed.attempts, " (from the result cache)" if from_cache else "")
 
 
+def _file_result(task_id: str, result_rel: str, violations: list[dict], encoding: str,
+                 duration_s: float | None) -> repo.FileResult:
+    """What a finish records for a written result: its counts derive from its violations."""
+    return repo.FileResult(task_id, result_rel, len(violations), rule_counts(violations), encoding, duration_s)
+
+
 #: the log's note on a file recorded from the result file an earlier delivery wrote
 EARLIER_RESULT = " (result file written by an earlier attempt)"
 
@@ -343,9 +348,7 @@ def written_result(rt: Runtime, job_id: str, task_id: str) -> repo.FileResult | 
     doc = read_task_result(rt.share, job_id, task_id)
     if doc is None:
         return None
-    violations = doc["violations"]
-    return repo.FileResult(task_id, rt.share.result_rel(job_id, task_id), len(violations),
-                           rule_counts(violations), doc["encoding"], None)
+    return _file_result(task_id, rt.share.result_rel(job_id, task_id), doc["violations"], doc["encoding"], None)
 
 
 def record_cut_short(rt: Runtime, task_id: str, reason: FailureReason, message: str) -> TaskStatus | None:
@@ -440,8 +443,7 @@ def _lint_claimed(rt: Runtime, job_id: str, task_id: str, member: str, source_re
     doc = task_result_document(job_id, task_id, member, encoding, dialect, report)
     doc["from_cache"] = from_cache
     result_rel = write_task_result(rt.share, doc)
-    return repo.FileResult(task_id, result_rel, len(report.violations), rule_counts(report.violations), encoding,
-                           report.duration_s), from_cache
+    return _file_result(task_id, result_rel, report.violations, encoding, report.duration_s), from_cache
 
 
 def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options: tuple,
