@@ -185,13 +185,7 @@ def _reap_in_progress(rt, client, sender, limits: Thresholds, report: ReapReport
         if action == "skip":
             report.skipped += 1
         elif action == "fail":
-            ended = workflow.record_cut_short(rt, task_id, FailureReason.WORKER_LOST,
-                                              f"gave up after {attempts} attempts: the worker was lost each time")
-            if ended == TaskStatus.FAILURE:
-                report.failed_tasks += 1
-                report.note(f"job={job_id} task={task_id} FAILURE worker_lost after {attempts} attempts (no live holder)")
-            elif ended == TaskStatus.SUCCESS:
-                report.note(f"job={job_id} task={task_id} SUCCESS from the result file its last attempt wrote")
+            _give_up(rt, report, job_id, task_id, attempts, "the worker was lost each time", "no live holder")
         else:
             with rt.db.session() as s:
                 moved = repo.requeue_task(s, task_id, started_at)
@@ -200,6 +194,17 @@ def _reap_in_progress(rt, client, sender, limits: Thresholds, report: ReapReport
                 report.resent_tasks += 1
                 report.note(f"job={job_id} task={task_id} re-sent: IN_PROGRESS since {started_at:%H:%M:%S} "
                             f"with no live holder (attempt {attempts} of {limits.max_attempts})")
+
+
+def _give_up(rt, report: ReapReport, job_id: str, task_id: str, attempts: int, why: str, short: str) -> None:
+    """Attempts used up: SUCCESS if an earlier attempt wrote the whole result file (killed before
+    recording it, whether the row was put back to PENDING since or not), else FAILURE worker_lost."""
+    ended = workflow.record_cut_short(rt, task_id, FailureReason.WORKER_LOST, f"gave up after {attempts} attempts: {why}")
+    if ended == TaskStatus.FAILURE:
+        report.failed_tasks += 1
+        report.note(f"job={job_id} task={task_id} FAILURE worker_lost after {attempts} attempts ({short})")
+    elif ended == TaskStatus.SUCCESS:
+        report.note(f"job={job_id} task={task_id} SUCCESS from the result file an earlier attempt wrote")
 
 
 def _reap_pending(rt, client, sender, limits: Thresholds, report: ReapReport) -> None:
@@ -214,10 +219,7 @@ def _reap_pending(rt, client, sender, limits: Thresholds, report: ReapReport) ->
         if action == "skip":
             report.skipped += 1
         elif action == "fail":
-            if workflow.record_failure(rt, task_id, FailureReason.WORKER_LOST,
-                                       f"gave up after {attempts} attempts: its message was lost each time"):
-                report.failed_tasks += 1
-                report.note(f"job={job_id} task={task_id} FAILURE worker_lost after {attempts} attempts (message lost)")
+            _give_up(rt, report, job_id, task_id, attempts, "its message was lost each time", "message lost")
         else:
             to_send.append(task_id)
             why = "never sent" if dispatched_at is None else "its message is gone"

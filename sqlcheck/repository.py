@@ -276,13 +276,20 @@ _CLAIM = (
             worker_hostname=bindparam("hostname"))
     .returning(Task.job_id, Task.archive_member, Task.source_file_path, Task.attempts)
 )
-_FINISH_SUCCESS = (
-    update(Task.__table__)
-    .where(Task.id == bindparam("task_id"), Task.status == TaskStatus.IN_PROGRESS.value)
-    .values(status=TaskStatus.SUCCESS.value, result_file_path=bindparam("path"), violation_count=bindparam("count"),
-            rule_counts=bindparam("counts"), encoding=bindparam("enc"), finished_at=bindparam("now"),
-            duration_s=bindparam("duration"))
-)
+
+
+def _finish_success(row_is_finishable):
+    return (
+        update(Task.__table__)
+        .where(Task.id == bindparam("task_id"), row_is_finishable)
+        .values(status=TaskStatus.SUCCESS.value, result_file_path=bindparam("path"), violation_count=bindparam("count"),
+                rule_counts=bindparam("counts"), encoding=bindparam("enc"), finished_at=bindparam("now"),
+                duration_s=bindparam("duration"))
+    )
+
+
+_FINISH_SUCCESS = _finish_success(Task.status == TaskStatus.IN_PROGRESS.value)
+_FINISH_OPEN_SUCCESS = _finish_success(_TASK_IS_OPEN)
 _HAS_OPEN_TASKS = select(exists().where(Task.job_id == bindparam("job_id"), _TASK_IS_OPEN))
 
 
@@ -340,6 +347,12 @@ def _finish_params(result: FileResult) -> dict:
 def finish_task_success(db: Executor, result: FileResult) -> bool:
     """IN_PROGRESS -> SUCCESS; False if someone else already ended it."""
     return db.execute(_FINISH_SUCCESS, _finish_params(result)).rowcount == 1
+
+
+def finish_open_task_success(db: Executor, result: FileResult) -> bool:
+    """PENDING or IN_PROGRESS -> SUCCESS, for a result file an earlier attempt wrote whole: the
+    reaper may have put the row back to PENDING since. False if it had already ended."""
+    return db.execute(_FINISH_OPEN_SUCCESS, _finish_params(result)).rowcount == 1
 
 
 def finish_tasks_success_together(conn: Connection, results: Sequence[FileResult]) -> bool:

@@ -361,10 +361,11 @@ def record_cut_short(rt: Runtime, task_id: str, reason: FailureReason, message: 
     written = written_result(rt, job_id, task_id) if job_id else None
     if written is not None:
         with rt.db.autocommit() as conn:
-            if record_linted(rt, conn, [LintedFile(job_id, written, attempts, EARLIER_RESULT)]):
-                finalize_job(rt, job_id)
-                return TaskStatus.SUCCESS
-    # also when the row was not IN_PROGRESS (PENDING: requeued by the reaper)
+            recorded = repo.finish_open_task_success(conn, written)
+        if recorded:
+            _log_success(LintedFile(job_id, written, attempts, EARLIER_RESULT))
+            finalize_job(rt, job_id)
+            return TaskStatus.SUCCESS
     return TaskStatus.FAILURE if record_failure(rt, task_id, reason, message) else None
 
 

@@ -53,8 +53,8 @@ def rt(tmp_path, redis_url):
     _reset_redis(redis_url)  # the messages this test sent must not reach a later test's worker
 
 
-def _job_with_tasks(rt, n=3) -> tuple[str, list[str]]:
-    job_id = rt.stack.submit(make_zip({f"f{i}.sql": "SELECT 1\n" for i in range(n)}))
+def _job_with_tasks(rt, n=3, sql="SELECT 1\n") -> tuple[str, list[str]]:
+    job_id = rt.stack.submit(make_zip({f"f{i}.sql": sql for i in range(n)}))
     redis.Redis.from_url(rt.settings.broker_url).delete(ZIP_QUEUE)  # no zip worker: expand here
     workflow.expand_job(rt, job_id, lambda ids: None)
     with rt.db.session() as s:
@@ -113,6 +113,29 @@ def test_attempts_used_up_ends_failure_and_finalizes(rt):
         task, job = repo.get_task(s, ids[0]), repo.get_job(s, job_id)
     assert (task.status, task.failure_reason) == ("FAILURE", "worker_lost")
     assert job.status == "FAILED"
+
+
+@pytest.mark.parametrize("who_gives_up", ["reaper", "late delivery"])
+def test_written_result_of_a_row_put_back_to_pending_is_recorded_when_attempts_are_used_up(rt, who_gives_up):
+    """A child killed after writing a file's result and before recording it; the reaper put the
+    row back to PENDING and the attempts are used up. The whole result file makes it SUCCESS
+    (it used to end FAILURE worker_lost), whether the reaper or a late delivery gives up on it."""
+    job_id, ids = _job_with_tasks(rt, 1, sql="select a,b from t\n")
+    with workflow.file_connections(rt) as (conn, claims):
+        linted = workflow.lint_file(rt, conn, claims, ids[0], "dead@host")  # written, never recorded
+    assert linted is not None and rt.share.absolute(linted.result.result_file_path).is_file()
+    with rt.db.session() as s:
+        s.execute(update(Task).where(Task.id == ids[0]).values(status="PENDING", attempts=rt.settings.max_attempts))
+    redis.Redis.from_url(rt.settings.broker_url).delete(ANALYSIS_QUEUE)
+    if who_gives_up == "reaper":
+        assert _pass(rt, datetime.now(timezone.utc) + timedelta(seconds=1)).failed_tasks == 0
+    else:
+        workflow.lint_task(rt, ids[0], "late@host")
+    with rt.db.session() as s:
+        task, job = repo.get_task(s, ids[0]), repo.get_job(s, job_id)
+    assert (task.status, task.failure_reason, task.result_file_path) == ("SUCCESS", None, linted.result.result_file_path)
+    assert task.violation_count == linted.result.violation_count > 0
+    assert job.status == "SUCCESS"
 
 
 def test_unexpanded_job_gets_its_expand_message_again_then_fails(rt):
