@@ -233,6 +233,13 @@ def undispatched_tasks(session: Session, job_id: str) -> list[tuple[str, int]]:
     ]
 
 
+def dispatched_tasks(session: Session, job_id: str) -> tuple[int, datetime | None]:
+    """(how many of the job's tasks were sent, when the last was): bin/bench's dispatch figure."""
+    return tuple(session.execute(
+        select(func.count(Task.dispatched_at), func.max(Task.dispatched_at)).where(Task.job_id == job_id)
+    ).one())
+
+
 def mark_dispatched(session: Session, task_ids: Sequence[str]) -> None:
     now = utcnow()
     for start in range(0, len(task_ids), _BATCH):

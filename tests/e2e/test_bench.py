@@ -27,7 +27,7 @@ FIGURES = [
 
 def test_bench_runs_and_prints_every_figure():
     proc = subprocess.run(
-        [sys.executable, "bench/sqlcheck_bench.py", "--reps", "1", "--dialects", "ansi", "--corpus", "tests/corpus",
+        [sys.executable, "-m", "sqlcheck.bench", "--reps", "1", "--dialects", "ansi", "--corpus", "tests/corpus",
          "--large-lines", "40", "--small-files", "200"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )

@@ -443,10 +443,8 @@ def clear_cache(stack: Stack) -> None:
 def dispatch_10k(stack: Stack, path: Path, n: int) -> float:
     """Seconds from submit until the job has n task rows and every one was sent (its row's
     dispatched_at, so the figure does not include this function's polling interval)."""
-    from sqlalchemy import func, select
-
+    from sqlcheck import repository as repo
     from sqlcheck.database import Database
-    from sqlcheck.models import Job, Task
 
     settings = stack.settings
     db = Database(settings.resolved_database_url)
@@ -456,14 +454,12 @@ def dispatch_10k(stack: Stack, path: Path, n: int) -> float:
     while time.monotonic() < deadline:
         time.sleep(0.2)  # light polling: this loop shares the cores with the zip worker
         with db.session() as s:
-            status, total, error = s.execute(
-                select(Job.status, Job.total_tasks, Job.error_message).where(Job.id == job_id)).one()
-            if status == "FAILED":
-                raise SystemExit(f"bin/bench: 10k job failed: {error}")
-            if total != n:
+            job = repo.get_job(s, job_id)
+            if job.status == "FAILED":
+                raise SystemExit(f"bin/bench: 10k job failed: {job.error_message}")
+            if job.total_tasks != n:
                 continue
-            sent, last = s.execute(select(func.count(Task.dispatched_at), func.max(Task.dispatched_at))
-                                   .where(Task.job_id == job_id)).one()
+            sent, last = repo.dispatched_tasks(s, job_id)
             if sent == n:
                 break
     else:
