@@ -407,13 +407,17 @@ def start_parallel_pool(texts: dict[str, list[tuple[str, str]]], rust: bool, n: 
     """N processes forked from this one with every dialect's Linter warm, as Celery's children are
     forked from a warm main process. Started before any thread or connection of the bench."""
     import multiprocessing
+    import signal
 
     from sqlcheck.lint_engine import get_linter
 
     for dialect in texts:
         get_linter(dialect, (), rust)
     _PARALLEL.update(texts=texts, rust=rust)
-    return multiprocessing.get_context("fork").Pool(n)
+    # The pool's processes must not inherit the bench's SIGTERM handler: terminating the pool
+    # would have each of them print "bin/bench: stopped by signal 15".
+    return multiprocessing.get_context("fork").Pool(n, initializer=signal.signal,
+                                                    initargs=(signal.SIGTERM, signal.SIG_DFL))
 
 
 def _lint_one(item: tuple[str, int]) -> None:
