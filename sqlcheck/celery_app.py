@@ -72,7 +72,7 @@ def configure_app(settings: Settings) -> Celery:
     # A batch keeps each file's soft limit itself (a timer in the child) and hands its remaining
     # files on once it has run longer than the soft limit; so a message ends within soft + hard.
     app.tasks[LINT_BATCH_TASK].soft_time_limit = None
-    app.tasks[LINT_BATCH_TASK].time_limit = settings.soft_time_limit_s + settings.hard_time_limit_s
+    app.tasks[LINT_BATCH_TASK].time_limit = settings.lint_batch_time_limit_s
     return app
 
 

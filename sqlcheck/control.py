@@ -128,12 +128,14 @@ def supervisor_for(settings: Settings, timeout_s: float = 30.0) -> Supervisor:
 
 
 def pidfile_pid(paths: SupervisorPaths) -> int | None:
-    """The supervisord pid from its pidfile, if that process is alive."""
+    """The supervisord pid from its pidfile, if that process is alive and is a supervisord: the
+    pidfile outlives a crash or a reboot, and its pid may belong to anything by then."""
     try:
         pid = int(paths.pidfile.read_text().strip())
-    except (OSError, ValueError):
+        cmdline = psutil.Process(pid).cmdline()
+    except (OSError, ValueError, psutil.Error):
         return None
-    return pid if psutil.pid_exists(pid) else None
+    return pid if any(Path(part).name == "supervisord" for part in cmdline) else None
 
 
 def worker_specs(plan: RenderPlan) -> list[ProgramSpec]:

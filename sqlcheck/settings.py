@@ -153,6 +153,13 @@ class Settings:
         return self.hard_time_limit_s + max(5, self.reaper_margin_s)
 
     @property
+    def lint_batch_time_limit_s(self) -> int:
+        """The longest a lint batch message may run (its Celery hard limit): each file gets the
+        soft limit, and one started just before the batch passed the soft limit may run to the
+        hard limit. A warm stop must wait this long."""
+        return self.soft_time_limit_s + self.hard_time_limit_s
+
+    @property
     def use_rust_parser(self) -> bool:
         return self.rust_parser == "on"
 
@@ -204,7 +211,7 @@ def _validate(s: Settings) -> Settings:
     if s.zip_soft_time_limit_s >= s.zip_hard_time_limit_s:
         raise ConfigError("setting SQLCHECK_ZIP_SOFT_TIME_LIMIT_S must be below SQLCHECK_ZIP_HARD_TIME_LIMIT_S")
     for name in ("max_file_bytes", "max_zip_members", "max_uncompressed_bytes", "max_compression_ratio", "max_attempts",
-                 "lint_batch_max_files"):
+                 "lint_batch_max_files", "child_max_rss_mb", "child_recycle_rss_mb", "child_max_messages"):
         if getattr(s, name) < 1:
             raise ConfigError(f"setting {FIELDS[name].metadata['env']} must be at least 1")
     if s.embedded_redis not in ("auto", "on", "off"):

@@ -122,7 +122,7 @@ def worker_programs(plan: RenderPlan) -> list[ProgramSpec]:
             argv=(ctl, "worker", "--queues", "sql_analysis", "--concurrency", str(s.analysis_concurrency),
                   "--name", analysis_node),
             why=f"lints one SQL file per child; {s.analysis_concurrency} children (CELERY_WORKER_CONCURRENCY)",
-            stopwaitsecs=s.hard_time_limit_s + STOP_MARGIN_S,
+            stopwaitsecs=s.lint_batch_time_limit_s + STOP_MARGIN_S,  # the longest a message may run
             celery_node=analysis_node,
         ),
     ]

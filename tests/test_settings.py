@@ -71,6 +71,11 @@ def test_empty_environment_value_means_unset():
         ({"SQLCHECK_SOFT_TIME_LIMIT_S": "200", "SQLCHECK_HARD_TIME_LIMIT_S": "100"}, "SQLCHECK_SOFT_TIME_LIMIT_S"),
         ({"SQLCHECK_ZIP_SOFT_TIME_LIMIT_S": "400"}, "SQLCHECK_ZIP_SOFT_TIME_LIMIT_S"),
         ({"SQLCHECK_LOG_FORMAT": "xml"}, "SQLCHECK_LOG_FORMAT"),
+        # 0 would recycle every idle child every watchdog tick, stop the analysis pool from
+        # starting (billiard refuses maxtasksperchild=0), or silently turn the memory kill off
+        ({"SQLCHECK_CHILD_RECYCLE_RSS_MB": "0"}, "SQLCHECK_CHILD_RECYCLE_RSS_MB"),
+        ({"SQLCHECK_CHILD_MAX_MESSAGES": "0"}, "SQLCHECK_CHILD_MAX_MESSAGES"),
+        ({"SQLCHECK_CHILD_MAX_RSS_MB": "0"}, "SQLCHECK_CHILD_MAX_RSS_MB"),
         ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
     ],
 )

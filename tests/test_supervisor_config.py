@@ -78,7 +78,7 @@ def test_supervisor_reads_programs_limits_and_environment_back(tmp_path):
         assert p.stdout_logfile == str(tmp_path / "home" / "logs" / f"{p.name}.log")
         assert p.stdout_logfile_maxbytes > 0 and p.stdout_logfile_backups > 0
         assert p.environment == settings_as_env(settings)  # exact round trip, quoting included
-    assert analysis.stopwaitsecs > settings.hard_time_limit_s
+    assert analysis.stopwaitsecs > settings.soft_time_limit_s + settings.hard_time_limit_s  # a lint batch's limit
     assert zip_.stopwaitsecs > settings.zip_hard_time_limit_s
     assert opts.server_configs[0]["file"] == str(tmp_path / "home" / "run" / "supervisord.sock")
     assert opts.server_configs[0]["chmod"] == 0o700

@@ -45,11 +45,11 @@ class Daemon:
         return proc.returncode, json.loads(proc.stdout)
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if psutil.pid_exists(pid) else None
+        """supervisord's pid, only if the pidfile names a live supervisord (teardown TERMs it)."""
+        from sqlcheck.control import pidfile_pid
+        from sqlcheck.supervisor_config import SupervisorPaths
+
+        return pidfile_pid(SupervisorPaths(self.home))
 
     def program_pids(self) -> dict[str, int]:
         return {p["name"]: p["pid"] for p in self.status()[1]["programs"]}
@@ -160,6 +160,24 @@ def test_start_fails_with_the_reason_and_the_log_tail(daemon, tmp_path):
     assert proc.returncode == 1
     assert "last lines of sqlcheck:" in proc.stderr
     assert "NFS_SHARE_ROOT_PATH" in proc.stderr  # the worker's own one-line reason, from its log
+
+
+def test_a_pidfile_left_behind_naming_another_live_process_means_stopped(pg_stack):
+    """After a crash or a reboot the pidfile may name a live process that is not supervisord:
+    status says stopped (exit 3) and stop has nothing to stop (it used to say "unknown" / fail)."""
+    d = Daemon(pg_stack)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        d.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        d.pidfile.write_text(f"{other.pid}\n")
+        code, doc = d.status()
+        assert code == 3 and doc["state"] == "stopped", doc
+        stop = d.ctl("stop", timeout_s=60)
+        assert stop.returncode == 0, stop.stderr
+        assert other.poll() is None  # and it was left alone
+    finally:
+        other.kill()
+        other.wait()
 
 
 SLOW = "-- sqlcheck-fault: sleep_s=6\nSELECT 1\n"  # several seconds, well below the soft limit
