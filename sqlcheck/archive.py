@@ -6,7 +6,9 @@ checked while inflating, so a lying header cannot get past it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import lzma
 import re
 import stat
 import zipfile
@@ -19,6 +21,11 @@ from sqlcheck.share import OutsideShare, resolve_inside, write_new_file
 from sqlcheck.states import FailureReason
 
 CHUNK_BYTES = 64 * 1024
+#: a name the share cannot hold (NAME_MAX), and a whole relative path with room left for the share's own prefix
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
+#: what a damaged member's decompressor raises (bz2 raises a plain OSError, without an errno)
+CORRUPT_DATA = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError)
 #: members smaller than this are never judged by their compression ratio (tiny files compress oddly)
 RATIO_CHECK_MIN_BYTES = 64 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -77,6 +84,21 @@ def safe_relative_path(name: str) -> str | None:
     if not parts or any(p == ".." for p in parts):
         return None
     return "/".join(parts)
+
+
+def too_long_for_the_share(rel: str) -> bool:
+    return len(rel.encode("utf-8")) > MAX_PATH_BYTES or any(len(p.encode("utf-8")) > MAX_NAME_BYTES for p in rel.split("/"))
+
+
+def _printable(name: str) -> str:
+    """A rejected name as it can be stored and shown: PostgreSQL text refuses NUL."""
+    return name.replace("\x00", "\\x00")
+
+
+def _damaged(exc: OSError) -> bool:
+    """An OSError from the archive's bytes, not from the share: bz2's 'Invalid data stream'
+    (no errno) or a seek to a bad offset (EINVAL). Share errors (EIO, ESTALE...) propagate."""
+    return exc.errno in (None, errno.EINVAL)
 
 
 def _is_sql(name: str) -> bool:
@@ -138,7 +160,7 @@ def expand_zip_safely(zip_path: Path, dest: Path, limits: ExpansionLimits) -> Ex
         zf = zipfile.ZipFile(zip_path)
     except FileNotFoundError:
         raise ArchiveError(f"uploaded archive not found on the share: {zip_path.name}") from None
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise ArchiveError(f"not a valid ZIP archive: {exc}") from None
     result = Expansion()
     writer = SourceWriter(dest)
@@ -201,7 +223,12 @@ def _expand_member(
 ) -> ArchiveMember:
     rel = safe_relative_path(name)
     if rel is None:
-        return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message="path is absolute or leaves the archive")
+        return ArchiveMember(_printable(name), None, rejected=FailureReason.UNSAFE_MEMBER,
+                             message="path is absolute, leaves the archive or holds a NUL byte")
+    if too_long_for_the_share(rel):
+        return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER,
+                             message=f"path too long for the share (a name over {MAX_NAME_BYTES} bytes "
+                                     f"or the whole path over {MAX_PATH_BYTES})")
     unsafe = _unsafe_kind(info)
     if unsafe:
         return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=f"member is a {unsafe}")
@@ -216,7 +243,11 @@ def _expand_member(
         return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=str(exc))
     try:
         data = _inflate(zf, info, name, limits, budget)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except CORRUPT_DATA as exc:
+        raise ArchiveError(f"the ZIP archive is corrupt or truncated at {name!r}: {exc}") from None
+    except OSError as exc:
+        if not _damaged(exc):
+            raise
         raise ArchiveError(f"the ZIP archive is corrupt or truncated at {name!r}: {exc}") from None
     except NotImplementedError as exc:
         return ArchiveMember(name, rel, rejected=FailureReason.UNSAFE_MEMBER, message=f"unsupported member: {exc}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlcheck.archive import CORRUPT_DATA, decode_member_name
 from sqlcheck.errors import UserInputError
 from sqlcheck.share import SharePaths, atomic_write
 
@@ -175,7 +176,7 @@ def read_uploaded_config(zip_path: Path, member_names: list[str]) -> UploadedCon
     try:
         with zipfile.ZipFile(zip_path) as zf, zf.open(_info_named(zf, root)) as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
-    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError, KeyError, ValueError) as exc:
+    except (*CORRUPT_DATA, OSError, NotImplementedError, RuntimeError, KeyError, ValueError) as exc:
         result.ignored.append({"file": root, "key": "*", "reason": f"unreadable: {exc.__class__.__name__}"})
         return result
     if len(data) > MAX_CONFIG_BYTES:
@@ -187,8 +188,6 @@ def read_uploaded_config(zip_path: Path, member_names: list[str]) -> UploadedCon
 
 
 def _info_named(zf: zipfile.ZipFile, decoded_name: str) -> zipfile.ZipInfo:
-    from sqlcheck.archive import decode_member_name
-
     for info in zf.infolist():
         if decode_member_name(info) == decoded_name:
             return info
@@ -214,10 +213,12 @@ def _load_cached(path: Path) -> tuple[str | None, tuple[tuple[str, Any], ...], t
 
 
 def load_uploaded(share: SharePaths, job_id: str) -> UploadedConfig:
-    """The stored upload contribution; an empty one when the job had no config file."""
+    """The stored upload contribution; an empty one when the job had no config file. Any other
+    error reading it is raised: a share that failed for a moment (ESTALE, EIO) must be retried,
+    not have the file linted with the default configuration."""
     try:
         dialect, options, ignored = _load_cached(_config_path(share, job_id))
-    except (OSError, ValueError):
+    except (FileNotFoundError, ValueError):
         return UploadedConfig()
     return UploadedConfig(dialect, dict(options), [dict(i) for i in ignored])
 

@@ -134,6 +134,22 @@ def test_escaping_member_rejected_and_nothing_written_outside(tmp_path, evil):
     assert files_under(tmp_path) == ["job/sources/ok.sql", "upload.zip"]
 
 
+@pytest.mark.parametrize("long_name", ["a" * 300 + ".sql", "/".join(["d" * 200] * 6) + "/x.sql"])
+def test_name_too_long_for_the_share_rejects_that_member_only(tmp_path, long_name):
+    exp, dest = expand(tmp_path, make_zip({long_name: "select 1", "ok.sql": "select 2"}))
+    m = by_name(exp)[long_name]
+    assert m.rejected is FailureReason.UNSAFE_MEMBER and "too long" in m.message and m.path is None
+    assert by_name(exp)["ok.sql"].rejected is None and files_under(dest) == ["ok.sql"]
+
+
+def test_nul_in_a_name_is_rejected_and_stored_printable(tmp_path):
+    """PostgreSQL text columns refuse NUL: the rejected name is kept with the NUL spelled out."""
+    exp, dest = expand(tmp_path, zip_with_raw_names({b"evil\x00.sql": b"select 1", b"fine.sql": b"select 2"}))
+    (m,) = [m for m in exp.members if m.rejected]
+    assert m.rejected is FailureReason.UNSAFE_MEMBER and m.name == "evil\\x00.sql" and "\x00" not in m.name
+    assert files_under(dest) == ["fine.sql"]
+
+
 def test_symlink_member_rejected(tmp_path):
     exp, dest = expand(tmp_path, zip_with_symlink("link.sql", "/etc/passwd", {"ok.sql": b"select 1"}))
     m = by_name(exp)["link.sql"]
@@ -270,6 +286,30 @@ def test_corrupt_member_data(tmp_path):
     for i in range(start + 5, start + 25):
         whole[i] ^= 0xFF
     with pytest.raises(ArchiveError, match="corrupt"):
+        expand(tmp_path, bytes(whole))
+
+
+def test_corrupt_bzip2_and_lzma_member_data(tmp_path):
+    for method in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", method) as zf:
+            zf.writestr("f.sql", "select a, b, c from some_table where x = 1;\n" * 200)
+        whole = bytearray(buf.getvalue())
+        info = zipfile.ZipFile(io.BytesIO(bytes(whole))).getinfo("f.sql")
+        start = info.header_offset + 30 + len(info.orig_filename)
+        for i in range(start + 5, start + 25):
+            whole[i] ^= 0xFF
+        (tmp_path / str(method)).mkdir()
+        with pytest.raises(ArchiveError, match="corrupt"):
+            expand(tmp_path / str(method), bytes(whole))
+
+
+def test_unsupported_zip_version_is_not_a_valid_zip(tmp_path):
+    whole = bytearray(make_zip({"f.sql": "select 1"}))
+    eocd = whole.rfind(b"PK\x05\x06")
+    central = int.from_bytes(whole[eocd + 16:eocd + 20], "little")
+    whole[central + 6] = 0xFF  # "version needed to extract" of the central directory entry
+    with pytest.raises(ArchiveError, match="not a valid ZIP"):
         expand(tmp_path, bytes(whole))
 
 

@@ -8,6 +8,7 @@ import pytest
 from sqlcheck import job_config
 from sqlcheck.errors import UserInputError
 from sqlcheck.lint_engine import lint_sql
+from sqlcheck.share import SharePaths
 
 
 def test_job_options_are_checked_against_the_whitelist():
@@ -94,6 +95,30 @@ def test_oversized_sqlfluff_is_ignored(tmp_path):
         zf.writestr(".sqlfluff", "[sqlfluff]\n" + "# pad\n" * 20_000)
     cfg = job_config.read_uploaded_config(path, [".sqlfluff"])
     assert cfg.options == {} and "larger than" in cfg.ignored[0]["reason"]
+
+
+def test_damaged_sqlfluff_is_ignored_not_fatal(tmp_path):
+    path = tmp_path / "u.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(".sqlfluff", "[sqlfluff]\ndialect = postgres\n" + "# comment line\n" * 200)
+    whole = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo(".sqlfluff")
+    start = info.header_offset + 30 + len(info.orig_filename)
+    for i in range(start + 2, start + 12):
+        whole[i] ^= 0xFF
+    path.write_bytes(bytes(whole))
+    cfg = job_config.read_uploaded_config(path, [".sqlfluff"])
+    assert cfg.dialect is None and cfg.ignored[0]["reason"].startswith("unreadable: ")
+
+
+def test_stored_config_unreadable_for_another_reason_than_absence_is_raised(tmp_path):
+    """An empty configuration only when there is none: a share error (here EISDIR; ESTALE, EIO
+    in life) must reach the task's retry, not lint the file with the defaults."""
+    share = SharePaths(tmp_path)
+    assert job_config.load_uploaded(share, "job-without-config") == job_config.UploadedConfig()
+    (share.job_dir("job-broken") / "uploaded_config.json").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        job_config.load_uploaded(share, "job-broken")
 
 
 def test_job_options_win_over_the_upload_and_reach_sqlfluff():

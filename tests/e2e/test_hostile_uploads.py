@@ -176,6 +176,25 @@ def _check_parse_error(view, share):
         assert {"PRS"} & {v["code"] for v in result["violations"]} or result["violations"]
 
 
+def damaged(method: int, victim: str) -> bytes:
+    """a.sql and a .sqlfluff compressed with `method`, the data of `victim` damaged."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        zf.writestr(".sqlfluff", "[sqlfluff]\ndialect = postgres\n" + "# a comment line\n" * 200)
+        zf.writestr("a.sql", "SELECT a, b FROM some_table WHERE x = 1;\n" * 200)
+    whole = bytearray(buf.getvalue())
+    info = zipfile.ZipFile(io.BytesIO(bytes(whole))).getinfo(victim)
+    start = info.header_offset + 30 + len(info.orig_filename)
+    for i in range(start + 4, start + 20):
+        whole[i] ^= 0xFF
+    return bytes(whole)
+
+
+def _check_sqlfluff_unreadable(view, share):
+    ignored = _summary(view, share)["configuration"]["ignored"]
+    assert any(i["file"] == ".sqlfluff" and i["reason"].startswith("unreadable") for i in ignored), ignored
+
+
 OK = ("SUCCESS", None)
 ROWS = [
     Row("corrupt", lambda: b"PK\x03\x04" + bytes(range(256)) * 4, "FAILED", "not a valid ZIP"),
@@ -229,6 +248,16 @@ ROWS = [
         "*", extra=_check_parse_error, deadline_s=200),
     Row("config_that_runs_code", lambda: make_zip(EVIL_CONFIG_ZIP), "SUCCESS", tasks={"q.sql": OK},
         extra=_check_config_ignored),
+    # the share cannot hold such a name (ENAMETOOLONG used to fail the whole job)
+    Row("name_too_long", lambda: make_zip({"n" * 300 + ".sql": "SELECT 1\n", "ok.sql": "SELECT 1\n"}),
+        "PARTIAL_SUCCESS", tasks={"n" * 300 + ".sql": ("FAILURE", "unsafe_member"), "ok.sql": OK}),
+    # PostgreSQL text refuses NUL: the rejected name is stored spelled out (it used to fail the job)
+    Row("nul_in_name", lambda: zip_with_raw_names({b"evil\x00.sql": b"SELECT 1\n", b"fine.sql": b"SELECT 1\n"}),
+        "PARTIAL_SUCCESS", tasks={"evil\\x00.sql": ("FAILURE", "unsafe_member"), "fine.sql": OK}),
+    Row("corrupt_bzip2_member", lambda: damaged(zipfile.ZIP_BZIP2, "a.sql"), "FAILED", "corrupt or truncated"),
+    # a damaged .sqlfluff is ignored (listed in the summary), the files are linted with the defaults
+    Row("damaged_sqlfluff", lambda: damaged(zipfile.ZIP_DEFLATED, ".sqlfluff"), "SUCCESS", tasks={"a.sql": OK},
+        extra=_check_sqlfluff_unreadable),
 ]
 
 
