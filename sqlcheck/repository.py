@@ -60,11 +60,17 @@ def get_job(session: Session, job_id: str) -> Job | None:
 
 
 def claim_job(session: Session, job_id: str) -> bool:
-    """PENDING -> PROCESSING. A PROCESSING job may be claimed again (redelivery after a crash)."""
+    """PENDING -> PROCESSING. A PROCESSING job may be claimed again (redelivery after a crash).
+
+    While it has no task rows, `started_at` is when the latest expansion began: the reaper takes
+    a job unexpanded since longer than the zip hard limit for a lost message, and must not take
+    a re-sent expansion that is running (its message is unacked, not queued) for one."""
+    now = utcnow()
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_([JobStatus.PENDING.value, JobStatus.PROCESSING.value]))
-        .values(status=JobStatus.PROCESSING.value, started_at=func.coalesce(Job.started_at, utcnow()))
+        .values(status=JobStatus.PROCESSING.value,
+                started_at=case((Job.total_tasks == 0, now), else_=func.coalesce(Job.started_at, now)))
     )
     return result.rowcount == 1
 

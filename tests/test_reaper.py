@@ -153,6 +153,25 @@ def test_unexpanded_job_gets_its_expand_message_again_then_fails(rt):
     assert job.status == "FAILED" and "never expanded" in job.error_message
 
 
+def test_a_re_sent_expansion_that_is_running_is_neither_sent_again_nor_failed(rt):
+    """The first expansion's host died long ago; the re-sent one is running (its message unacked,
+    not in the queue). The job must not look lost: three more passes would have failed it and
+    deleted the sources the live expansion is writing."""
+    job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
+    redis.Redis.from_url(rt.settings.broker_url).delete(ZIP_QUEUE)
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    with rt.db.session() as s:
+        assert repo.claim_job(s, job_id)
+        s.execute(update(Job).where(Job.id == job_id).values(started_at=long_ago))
+    with rt.db.session() as s:
+        assert repo.claim_job(s, job_id)  # the re-sent expansion starts
+    for _ in range(rt.settings.max_attempts + 1):
+        report = _pass(rt, datetime.now(timezone.utc) + timedelta(seconds=1))
+        assert report.resent_jobs == 0 and report.failed_jobs == 0
+    with rt.db.session() as s:
+        assert repo.get_job(s, job_id).status == "PROCESSING"
+
+
 def test_orphaned_job_is_finalized_and_a_missing_summary_written(rt):
     job_id, ids = _job_with_tasks(rt, 2)
     with rt.db.session() as s:
