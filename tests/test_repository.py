@@ -6,11 +6,12 @@ import threading
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 
 from sqlcheck import repository as repo
 from sqlcheck.database import Database, upgrade_schema
 from sqlcheck.states import FailureReason, JobStatus, TaskStatus
+from sqlcheck.models import Job
 
 
 def fresh_database(url: str) -> Database:
@@ -106,7 +107,13 @@ def test_claim_job_moves_pending_to_processing_once_terminal_stays(db):
     assert started is not None
     with db.session() as s:
         assert repo.claim_job(s, job_id)  # a redelivered message may claim a PROCESSING job again
-    assert job_row(db, job_id).started_at == started  # the first start time is kept
+    restarted = job_row(db, job_id).started_at
+    assert restarted > started  # not expanded yet: when the latest expansion began (the reaper reads it)
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(total_tasks=1))
+    with db.session() as s:
+        assert repo.claim_job(s, job_id)
+    assert job_row(db, job_id).started_at == restarted  # expanded: the start time is kept
     with db.session() as s:
         assert repo.fail_job(s, job_id, "corrupt archive")
     with db.session() as s:
