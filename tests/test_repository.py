@@ -10,8 +10,8 @@ from sqlalchemy import create_engine, text, update
 
 from sqlcheck import repository as repo
 from sqlcheck.database import Database, upgrade_schema
-from sqlcheck.states import FailureReason, JobStatus, TaskStatus
 from sqlcheck.models import Job
+from sqlcheck.states import FailureReason, JobStatus, TaskStatus
 
 
 def fresh_database(url: str) -> Database:
