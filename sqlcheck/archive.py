@@ -11,10 +11,12 @@ import hashlib
 import lzma
 import re
 import stat
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from sqlcheck.errors import ArchiveError
 from sqlcheck.share import OutsideShare, resolve_inside, write_new_file
@@ -150,6 +152,39 @@ def _inflate(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: Expa
             chunks.append(chunk)
 
 
+_EOCD = struct.Struct("<4s4xHH")  # signature, (disk numbers), entries on this disk, entries in all
+_ZIP64_LOCATOR = struct.Struct("<4sIQI")  # signature, disk, offset of the zip64 end record, disks
+_ZIP64_EOCD_ENTRIES_AT = 32  # offset of "entries in all" (8 bytes) in the zip64 end record
+
+
+def declared_entries(fh: BinaryIO) -> int | None:
+    """How many entries the archive's end record says it holds, read without parsing the central
+    directory (zipfile builds an object per entry first: a million entries are ~0.5 GB of RAM
+    before a member limit could refuse them). None when there is no end record to read."""
+    size = fh.seek(0, 2)
+    tail_start = max(0, size - (_EOCD.size + 65_535))  # the record, then a comment of up to 64 KiB
+    fh.seek(tail_start)
+    tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return None
+    _sig, _here, total = _EOCD.unpack_from(tail, at)
+    if total != 0xFFFF or at < _ZIP64_LOCATOR.size:
+        return total
+    sig, _disk, record_at, _disks = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
+    if sig != b"PK\x06\x07" or record_at + _ZIP64_EOCD_ENTRIES_AT + 8 > size:
+        return total
+    fh.seek(record_at + _ZIP64_EOCD_ENTRIES_AT)
+    return int.from_bytes(fh.read(8), "little")
+
+
+def _refuse_too_many(count: int, limits: ExpansionLimits) -> None:
+    if count > limits.max_members:
+        raise ArchiveError(
+            f"the ZIP archive has {count} entries, more than {limits.max_members} (SQLCHECK_MAX_ZIP_MEMBERS)"
+        )
+
+
 def expand_zip_safely(zip_path: Path, dest: Path, limits: ExpansionLimits) -> Expansion:
     """Expand every .sql member of ``zip_path`` under ``dest``, keeping directories.
 
@@ -157,6 +192,10 @@ def expand_zip_safely(zip_path: Path, dest: Path, limits: ExpansionLimits) -> Ex
     member is returned as a rejected ArchiveMember instead.
     """
     try:
+        with open(zip_path, "rb") as fh:
+            declared = declared_entries(fh)
+        if declared is not None:
+            _refuse_too_many(declared, limits)
         zf = zipfile.ZipFile(zip_path)
     except FileNotFoundError:
         raise ArchiveError(f"uploaded archive not found on the share: {zip_path.name}") from None
@@ -168,10 +207,7 @@ def expand_zip_safely(zip_path: Path, dest: Path, limits: ExpansionLimits) -> Ex
         infos = zf.infolist()
         if not infos:
             raise ArchiveError("the ZIP archive is empty")
-        if len(infos) > limits.max_members:
-            raise ArchiveError(
-                f"the ZIP archive has {len(infos)} entries, more than {limits.max_members} (SQLCHECK_MAX_ZIP_MEMBERS)"
-            )
+        _refuse_too_many(len(infos), limits)  # the end record may understate them
         seen: set[str] = set()
         for info in infos:
             name = decode_member_name(info)

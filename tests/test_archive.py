@@ -2,12 +2,13 @@
 
 import hashlib
 import io
+import struct
 import time
 import zipfile
 
 import pytest
 
-from sqlcheck.archive import ExpansionLimits, decode_member_name, expand_zip_safely, safe_relative_path
+from sqlcheck.archive import ExpansionLimits, declared_entries, decode_member_name, expand_zip_safely, safe_relative_path
 from sqlcheck.errors import ArchiveError
 from sqlcheck.states import FailureReason
 from tests.helpers import make_zip
@@ -251,6 +252,28 @@ def test_too_many_members(tmp_path):
         expand(tmp_path, make_zip({f"{i}.sql": "select 1" for i in range(4)}), limits)
     exp, _ = expand(tmp_path, make_zip({f"{i}.sql": "select 1" for i in range(3)}), limits)
     assert len(exp.members) == 3
+
+
+def test_member_count_is_judged_from_the_end_record_before_the_directory_is_parsed(tmp_path):
+    """The end record's count (zip64 too) refuses a huge archive before zipfile builds an object
+    per entry; the entries actually listed are still counted (the record may understate them)."""
+    limits = ExpansionLimits(20_000, 1000, 10_000, 1000)
+    whole = bytearray(make_zip({"a.sql": "select 1"}))
+    eocd = whole.rfind(b"PK\x05\x06")
+    assert declared_entries(io.BytesIO(bytes(whole))) == 1
+    claimed = bytes(whole[:eocd + 8]) + struct.pack("<HH", 30_000, 30_000) + bytes(whole[eocd + 12:])
+    with pytest.raises(ArchiveError, match="has 30000 entries, more than 20000"):
+        expand(tmp_path, claimed, limits)
+    # zip64: the classic record says 0xFFFF, the zip64 end record holds the real count
+    body = bytes(whole[:eocd])
+    cd_start = int.from_bytes(whole[eocd + 16:eocd + 20], "little")
+    zip64_at = len(body)
+    zip64 = struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, 10**6, 10**6, zip64_at - cd_start, cd_start)
+    locator = struct.pack("<4sIQI", b"PK\x06\x07", 0, zip64_at, 1)
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    assert declared_entries(io.BytesIO(body + zip64 + locator + end)) == 10**6
+    with pytest.raises(ArchiveError, match="has 1000000 entries"):
+        expand(tmp_path, body + zip64 + locator + end, limits)
 
 
 @pytest.mark.parametrize(
