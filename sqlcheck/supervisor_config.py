@@ -15,7 +15,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from sqlcheck.errors import ConfigError
 from sqlcheck.settings import Settings, settings_as_env
@@ -224,6 +224,24 @@ def command_line(argv: tuple[str, ...]) -> str:
     return _no_percent(_ini_safe(shlex.join(argv), "program command"))
 
 
+def conf_path(path: Path | str, expansions: int = 1) -> str:
+    """A path as a supervisord.conf value, %-escaped like every value (SQLCHECK_HOME may hold a
+    %) once for each time supervisord expands it: a program's log file is expanded twice."""
+    value = _ini_safe(str(path), "a path under SQLCHECK_HOME")
+    for _ in range(expansions):
+        value = _no_percent(value)
+    return value
+
+
+def systemd_word(value: Path | str) -> str:
+    """One word of a systemd Exec line: % doubled (systemd expands %-specifiers), backslashes and
+    quotes escaped, and the word quoted when it holds a space or a quote."""
+    text = str(value).replace("\\", "\\\\").replace("%", "%%")
+    if any(c in text for c in " \t\"'"):
+        text = '"' + text.replace('"', '\\"') + '"'
+    return text
+
+
 # ---- rendering ------------------------------------------------------------------
 
 
@@ -241,7 +259,7 @@ def render_program(plan: RenderPlan, spec: ProgramSpec) -> list[str]:
     log = plan.paths.program_log(spec.name)
     rows = [
         ("command", command_line(spec.argv), ""),
-        ("directory", str(plan.paths.home), ""),
+        ("directory", conf_path(plan.paths.home), ""),
         ("priority", str(spec.priority), "lower starts first, stops last"),
         ("autostart", "true", ""),
         ("autorestart", "true", "a worker that exits for any reason is started again"),
@@ -252,9 +270,9 @@ def render_program(plan: RenderPlan, spec: ProgramSpec) -> list[str]:
          "TERM to the main process only: TERM to the pool children would kill the files they are linting"),
         ("killasgroup", "true", "the final SIGKILL (after stopwaitsecs) also reaches orphaned pool children"),
         ("stopwaitsecs", str(spec.stopwaitsecs),
-         "longer than the hard time limit plus a margin, so a warm stop is never cut short"),
+         "the longest a message may run plus a margin, so a warm stop is never cut short"),
         ("redirect_stderr", "true", "one log per program; Celery and sqlcheck log to stderr"),
-        ("stdout_logfile", str(log), ""),
+        ("stdout_logfile", conf_path(log, expansions=2), ""),
         ("stdout_logfile_maxbytes", LOG_MAX_BYTES, "rotated by supervisord; no logrotate needed"),
         ("stdout_logfile_backups", str(LOG_BACKUPS), ""),
     ]
@@ -281,17 +299,17 @@ def render_supervisord_conf(plan: RenderPlan) -> str:
         "",
     ]
     lines += _section("unix_http_server", [
-        ("file", str(p.socket), "control socket: no TCP port, so only local users can reach it"),
+        ("file", conf_path(p.socket), "control socket: no TCP port, so only local users can reach it"),
         ("chmod", "0700", "only the owner (the user running the workers) may control them"),
     ])
     lines += _section("supervisord", [
-        ("logfile", str(p.log_dir / "supervisord.log"), ""),
+        ("logfile", conf_path(p.log_dir / "supervisord.log"), ""),
         ("logfile_maxbytes", LOG_MAX_BYTES, ""),
         ("logfile_backups", str(LOG_BACKUPS), ""),
         ("loglevel", "info", ""),
-        ("pidfile", str(p.pidfile), "`sqlcheckctl stop` and the tests find supervisord by this pid"),
-        ("childlogdir", str(p.log_dir), ""),
-        ("directory", str(p.home), ""),
+        ("pidfile", conf_path(p.pidfile), "`sqlcheckctl stop` and the tests find supervisord by this pid"),
+        ("childlogdir", conf_path(p.log_dir), ""),
+        ("directory", conf_path(p.home), ""),
         ("umask", "027", "logs and the AOF are not world-readable"),
         ("nodaemon", "false", "`sqlcheckctl start` daemonises; systemd runs `supervisord -n` instead"),
         ("minfds", "4096", "each pool child holds sockets to Redis and the database"),
@@ -300,7 +318,7 @@ def render_supervisord_conf(plan: RenderPlan) -> str:
         ("supervisor.rpcinterface_factory", "supervisor.rpcinterface:make_main_rpcinterface",
          "the XML-RPC API that supervisorctl and `sqlcheckctl status` use"),
     ])
-    lines += _section("supervisorctl", [("serverurl", f"unix://{p.socket}", "")])
+    lines += _section("supervisorctl", [("serverurl", "unix://" + conf_path(p.socket), "")])
     group = [s.name for s in specs if s.in_group]
     lines += _section(f"group:{GROUP}", [
         ("programs", ",".join(group), "the Celery workers: `supervisorctl stop sqlcheck:*` stops them warm"),
@@ -333,7 +351,7 @@ def render_systemd_unit(plan: RenderPlan) -> str:
 # belong there (mode 0600), not in this unit.
 [Unit]
 Description=sqlcheck SQL lint workers (supervisord)
-Documentation=file://{p.conf}
+Documentation=file://{quote(str(p.conf)).replace("%", "%%")}
 Wants=network-online.target
 After=network-online.target redis-server.service postgresql.service remote-fs.target
 
@@ -342,9 +360,9 @@ After=network-online.target redis-server.service postgresql.service remote-fs.ta
 Type=simple
 EnvironmentFile=-/etc/sqlcheck/sqlcheck.env
 # render the configuration from the current settings and migrate the schema before each start
-ExecStartPre={ctl} config render
-ExecStartPre={ctl} db upgrade
-ExecStart={supervisord} -n -c {p.conf}
+ExecStartPre={systemd_word(ctl)} config render
+ExecStartPre={systemd_word(ctl)} db upgrade
+ExecStart={systemd_word(supervisord)} -n -c {systemd_word(p.conf)}
 # SIGTERM to supervisord only (mixed): it stops each worker warm, TERM to the Celery main process.
 # The default (control-group) would TERM the pool children too and kill the files in flight.
 KillSignal=SIGTERM

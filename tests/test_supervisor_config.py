@@ -16,6 +16,7 @@ from sqlcheck.supervisor_config import (
     env_value,
     render_all,
     render_supervisord_conf,
+    render_systemd_unit,
     systemd_stop_timeout_s,
     wants_embedded_redis,
 )
@@ -36,7 +37,7 @@ def parse_with_supervisor(text: str, tmp_path: Path):
 
     for line in text.splitlines():  # supervisord insists that `directory=` exists
         if line.startswith("directory="):
-            home = Path(line.split("=", 1)[1])
+            home = Path(line.split("=", 1)[1].replace("%%", "%"))
             for d in (home, home / "logs", home / "run"):
                 d.mkdir(parents=True, exist_ok=True)
     conf = tmp_path / "supervisord.conf"
@@ -156,3 +157,28 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (proc.stdout + proc.stderr).splitlines() if "sqlcheck.service" in line]
     assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
+
+
+def test_a_home_and_a_venv_with_a_space_and_a_percent_sign(tmp_path):
+    """supervisord %-expands its path values and systemd its Exec lines: a literal % must be
+    doubled there, and a space quoted in the unit (it used to split the command)."""
+    home, bin_dir = tmp_path / "home 100%", tmp_path / "my venv" / "bin"
+    plan = RenderPlan(load_settings(environ={"SQLCHECK_HOME": str(home)}), bin_dir)
+    opts = parse_with_supervisor(render_supervisord_conf(plan), tmp_path)
+    assert opts.pidfile == str(home.resolve() / "run" / "supervisord.pid")
+    assert opts.server_configs[0]["file"] == str(home.resolve() / "run" / "supervisord.sock")
+    logs = {p.name: p.stdout_logfile for g in opts.process_group_configs for p in g.process_configs}
+    assert logs["analysis"] == str(home.resolve() / "logs" / "analysis.log")
+
+    unit = render_systemd_unit(plan)
+    conf = str(home.resolve() / "supervisord" / "supervisord.conf").replace("%", "%%")
+    assert f'ExecStart="{bin_dir}/supervisord" -n -c "{conf}"' in unit.splitlines()
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # systemd's own reading of the unit, with the programs in place
+        bin_dir.mkdir(parents=True)
+        for name in ("sqlcheckctl", "supervisord"):
+            (bin_dir / name).write_text("#!/bin/sh\n")
+            (bin_dir / name).chmod(0o755)
+        (tmp_path / "sqlcheck.service").write_text(unit)
+        verify = subprocess.run([analyze, "verify", str(tmp_path / "sqlcheck.service")], capture_output=True, text=True)
+        assert "not executable" not in verify.stderr and "Invalid" not in verify.stderr, verify.stderr
