@@ -208,9 +208,12 @@ def _ini_safe(value: str, what: str) -> str:
 def env_value(name: str, value: str) -> str:
     """One value for `environment=`: quoted for supervisord's (non-POSIX) shlex, %-escaped.
 
-    That lexer has no escapes, so a value may hold one kind of quote, not both.
+    That lexer has no escapes, so a value may hold one kind of quote, not both; and supervisord
+    strips quotes off both ends of every value, so one may not start or end with a quote.
     """
     _ini_safe(value, f"setting {name}")
+    if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+        raise ConfigError(f"setting {name}: supervisord would drop a quote at the start or end of the value")
     if '"' not in value:
         quoted = f'"{value}"'
     elif "'" not in value:

@@ -126,7 +126,7 @@ def test_embedded_redis_on_without_a_binary_names_the_setting():
         wants_embedded_redis(settings, False, None)
 
 
-@pytest.mark.parametrize("value", ['a"b\'c', "line\nbreak", "x ;comment", "x #comment"])
+@pytest.mark.parametrize("value", ['a"b\'c', "line\nbreak", "x ;comment", "x #comment", 'secret"', "'secret"])
 def test_values_supervisor_cannot_carry_are_refused_with_the_setting_name(value):
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         env_value("DATABASE_URL", value)
