@@ -2,9 +2,13 @@
 
 Every few hundred ms it reads each child's RSS with psutil. A busy child over
 SQLCHECK_CHILD_MAX_RSS_MB gets its file recorded FAILURE/memory first, then is
-SIGKILLed (a ballooning child might not survive a polite signal). An idle child
-over SQLCHECK_CHILD_RECYCLE_RSS_MB is replaced gracefully. Celery starts a new
-child either way. Runs on the worker's own timer, so no thread races the event loop.
+SIGKILLed (a ballooning child might not survive a polite signal); Celery starts a
+new one. Runs on the worker's own timer, so no thread races the event loop.
+
+Children over SQLCHECK_CHILD_RECYCLE_RSS_MB are not this module's business: each child
+checks its own RSS after every message and exits gracefully (Celery's
+worker_max_memory_per_child). From outside, a child just handed a message looks idle
+until it reports the start, so a signal from here could cut a file short.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import psutil
@@ -23,24 +26,9 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Verdicts:
-    kill_busy: dict[int, str]  # pid -> task id running there
-    recycle_idle: list[int]
-
-
-def judge_children(
-    rss_mb: Mapping[int, float], task_by_pid: Mapping[int, str], max_rss_mb: int, recycle_rss_mb: int
-) -> Verdicts:
-    """Pure decision: which children to kill for memory and which to recycle."""
-    kill, recycle = {}, []
-    for pid, rss in rss_mb.items():
-        task_id = task_by_pid.get(pid)
-        if task_id is not None and rss > max_rss_mb:
-            kill[pid] = task_id
-        elif task_id is None and rss > min(recycle_rss_mb, max_rss_mb):
-            recycle.append(pid)
-    return Verdicts(kill, sorted(recycle))
+def children_to_kill(rss_mb: Mapping[int, float], task_by_pid: Mapping[int, str], max_rss_mb: int) -> dict[int, str]:
+    """Pure decision: the busy children over the limit, pid -> the task id running there."""
+    return {pid: task_by_pid[pid] for pid, rss in rss_mb.items() if pid in task_by_pid and rss > max_rss_mb}
 
 
 def child_rss_mb(pids: list[int]) -> dict[int, float]:
@@ -66,7 +54,6 @@ class RssWatchdog(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         conf = worker.app.conf
         self.max_rss_mb = int(conf.get("sqlcheck_child_max_rss_mb", 0))
-        self.recycle_rss_mb = int(conf.get("sqlcheck_child_recycle_rss_mb", 0))
         self.interval_s = float(conf.get("sqlcheck_watchdog_interval_s", 0.25))
         self.tref = None
 
@@ -87,8 +74,7 @@ class RssWatchdog(bootsteps.StartStopStep):
         pids = [p.pid for p in processes if p.pid]
         requests = {r.worker_pid: r for r in list(state.active_requests) if r.worker_pid}
         task_by_pid = {pid: r.id for pid, r in requests.items()}
-        verdicts = judge_children(child_rss_mb(pids), task_by_pid, self.max_rss_mb, self.recycle_rss_mb)
-        for pid, task_id in verdicts.kill_busy.items():
+        for pid, task_id in children_to_kill(child_rss_mb(pids), task_by_pid, self.max_rss_mb).items():
             request = requests[pid]
             target = (list(request.args or ()) or [task_id])[0]  # a task row id, a batch's list of them, or a job id
             rss = child_rss_mb([pid]).get(pid, 0.0)
@@ -100,9 +86,6 @@ class RssWatchdog(bootsteps.StartStopStep):
                 except Exception:  # the kill must happen even if the DB is down
                     log.exception("task=%s could not record the memory failure", task_id)
             _kill(pid, signal.SIGKILL)
-        for pid in verdicts.recycle_idle:
-            log.info("idle child pid=%d over %d MiB: recycling it", pid, self.recycle_rss_mb)
-            _kill(pid, signal.SIGTERM)
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -123,10 +123,10 @@ def install(settings: Settings) -> None:
     signals.task_postrun.connect(on_task_postrun, weak=False)
     app.conf.update(
         sqlcheck_child_max_rss_mb=settings.child_max_rss_mb,
-        sqlcheck_child_recycle_rss_mb=settings.child_recycle_rss_mb,
         sqlcheck_watchdog_interval_s=settings.watchdog_interval_s,
-        # Celery's own check runs between files, on peak RSS: it recycles slow leaks.
-        worker_max_memory_per_child=settings.child_recycle_rss_mb * 1024,
+        # Each child checks its own RSS (psutil) after every message and exits gracefully when it
+        # is over: the recycling of big children, with no window in which a file could be cut.
+        worker_max_memory_per_child=min(settings.child_recycle_rss_mb, settings.child_max_rss_mb) * 1024,
     )
     watchdog.record_memory_failure = record_memory_failure
     if watchdog.RssWatchdog not in app.steps["worker"]:

@@ -4,18 +4,12 @@ import pytest
 
 from sqlcheck import faults
 from sqlcheck.control import overall_state
-from sqlcheck.watchdog import judge_children
+from sqlcheck.watchdog import children_to_kill
 
 
-def test_busy_child_over_the_limit_is_killed_idle_big_child_is_recycled():
-    verdicts = judge_children({1: 900.0, 2: 100.0, 3: 600.0, 4: 400.0}, {1: "t1", 2: "t2", 4: "t4"},
-                              max_rss_mb=800, recycle_rss_mb=500)
-    assert verdicts.kill_busy == {1: "t1"}  # busy and over the hard limit
-    assert verdicts.recycle_idle == [3]  # idle and over the recycle limit; busy 4 is left alone
-
-
-def test_recycle_limit_above_the_kill_limit_still_recycles_idle_children_at_the_kill_limit():
-    assert judge_children({7: 350.0}, {}, max_rss_mb=300, recycle_rss_mb=500).recycle_idle == [7]
+def test_only_busy_children_over_the_limit_are_killed():
+    kill = children_to_kill({1: 900.0, 2: 100.0, 3: 900.0, 4: 400.0}, {1: "t1", 2: "t2", 4: "t4"}, max_rss_mb=800)
+    assert kill == {1: "t1"}  # busy and over; 3 is over but idle: it recycles itself after its message
 
 
 def test_fault_directives_parse_and_typos_are_refused():
