@@ -2,6 +2,10 @@
 
 Only the holder releases (compare-and-delete). A lock left by a pool child that
 died on this node is taken over at once instead of waiting for its TTL.
+
+A lock's value is "node|pid|owner|nonce": the owner is the Celery id of the message that
+holds it, so the main process can tell a killed batch's files from files of the batch that
+another delivery was linting (it knows the message id, not the child's pid).
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ class TaskLock:
     task_id: str
     node: str  # Celery node name of this worker: children of one node share a host
     ttl_s: int
+    owner: str = ""  # the Celery id of the message holding it
     token: str = ""
 
     def new_token(self) -> str:
-        self.token = f"{self.node}|{os.getpid()}|{uuid.uuid4().hex}"
+        self.token = f"{self.node}|{os.getpid()}|{self.owner}|{uuid.uuid4().hex}"
         return self.token
 
     def acquire(self) -> bool:
@@ -61,9 +66,10 @@ class TaskLock:
         return bool(self.client.eval(_RELEASE, 1, lock_key(self.task_id), self.token))
 
 
-def acquire_many(client: redis.Redis, task_ids: list[str], node: str, ttl_s: int) -> tuple[list[TaskLock], list[str]]:
+def acquire_many(client: redis.Redis, task_ids: list[str], node: str, ttl_s: int,
+                 owner: str = "") -> tuple[list[TaskLock], list[str]]:
     """The locks of a batch in one round trip: (locks held, ids someone else is linting)."""
-    locks = [TaskLock(client, task_id, node, ttl_s) for task_id in task_ids]
+    locks = [TaskLock(client, task_id, node, ttl_s, owner) for task_id in task_ids]
     pipe = client.pipeline(transaction=False)
     for lock in locks:
         pipe.set(lock_key(lock.task_id), lock.new_token(), nx=True, ex=ttl_s)
@@ -82,3 +88,16 @@ def release_many(client: redis.Redis, locks: list[TaskLock]) -> None:
     for lock in locks:
         pipe.eval(_RELEASE, 1, lock_key(lock.task_id), lock.token)
     pipe.execute()
+
+
+def held_by_another_message(client: redis.Redis, task_ids: list[str], owner: str) -> set[str]:
+    """Of these tasks, those whose lock a message other than `owner` holds now (one round trip)."""
+    if not task_ids:
+        return set()
+    held = set()
+    for task_id, value in zip(task_ids, client.mget([lock_key(t) for t in task_ids])):
+        if value is not None:
+            parts = (value.decode() if isinstance(value, bytes) else value).split("|")
+            if len(parts) < 4 or parts[2] != owner:
+                held.add(task_id)
+    return held

@@ -152,7 +152,8 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
     client = redis_client()
     try:
         # A file of the batch may start up to the soft limit after this: its lock must last that long too.
-        locks, busy = acquire_many(client, list(task_ids), hostname, settings.lock_ttl_s + settings.soft_time_limit_s)
+        locks, busy = acquire_many(client, list(task_ids), hostname, settings.lock_ttl_s + settings.soft_time_limit_s,
+                                   owner=self.request.id or "")
     except redis.RedisError as exc:
         _retry_lock_outage(self, exc, transient_retries, args=(list(task_ids),))
     if busy:

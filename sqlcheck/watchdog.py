@@ -41,8 +41,9 @@ def child_rss_mb(pids: list[int]) -> dict[int, float]:
     return found
 
 
-#: set by worker_hooks.install: records the memory failure of (task name, first argument, RSS MiB) before the kill
-record_memory_failure: Callable[[str, Any, float], None] | None = None
+#: set by worker_hooks.install: records the memory failure of (task name, first argument, RSS MiB,
+#: message id) before the kill
+record_memory_failure: Callable[[str, Any, float, str], None] | None = None
 
 
 class RssWatchdog(bootsteps.StartStopStep):
@@ -82,7 +83,7 @@ class RssWatchdog(bootsteps.StartStopStep):
                         task_id, pid, rss, self.max_rss_mb)
             if record_memory_failure is not None:
                 try:
-                    record_memory_failure(request.name, target, rss)
+                    record_memory_failure(request.name, target, rss, request.id)
                 except Exception:  # the kill must happen even if the DB is down
                     log.exception("task=%s could not record the memory failure", task_id)
             _kill(pid, signal.SIGKILL)

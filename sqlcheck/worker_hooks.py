@@ -12,12 +12,14 @@ import ctypes.util
 import logging
 from typing import Sequence
 
+import redis
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
 from sqlcheck import lint_engine, tasks, watchdog, workflow
 from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
 from sqlcheck.errors import UserInputError
+from sqlcheck.locks import held_by_another_message
 from sqlcheck.settings import Settings
 from sqlcheck.states import FailureReason
 
@@ -48,7 +50,7 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwa
         if name == LINT_TASK:
             workflow.record_cut_short(rt, target, FailureReason.TIMEOUT, why)
         elif name == LINT_BATCH_TASK:
-            running, waiting = workflow.running_and_waiting(rt, target)
+            running, waiting = killed_batch_files(rt, tasks.redis_client(), target, task_id)
             for file_task_id in running:
                 workflow.record_cut_short(rt, file_task_id, FailureReason.TIMEOUT, why)
             if waiting:
@@ -100,7 +102,23 @@ def on_task_postrun(sender=None, **_kwargs) -> None:
         _malloc_trim(0)
 
 
-def record_memory_failure(task_name: str, target, rss_mb: float) -> None:
+def killed_batch_files(rt, client: redis.Redis, task_ids: list[str], message_id: str) -> tuple[list[str], list[str]]:
+    """(running, waiting) of a killed batch, as workflow.running_and_waiting says, less the files
+    another message is linting now: the batch had sent those on to wait for their lock, and
+    their row is IN_PROGRESS because of that other delivery, which records them itself."""
+    running, waiting = workflow.running_and_waiting(rt, task_ids)
+    try:
+        others = held_by_another_message(client, running, message_id)
+    except redis.RedisError as exc:
+        log.warning("task=%s batch killed; its locks unreadable (%s): ending all its open files",
+                    message_id, exc.__class__.__name__)
+        return running, waiting
+    for task_id in others:
+        log.info("task=%s being linted by another delivery; left to it", task_id)
+    return [t for t in running if t not in others], waiting
+
+
+def record_memory_failure(task_name: str, target, rss_mb: float, message_id: str = "") -> None:
     """The watchdog is about to kill a child: fail its file, or its job when it was expanding a ZIP
     (otherwise the redelivered ZIP message would balloon again, forever). Files of a batch that
     it had linted but not yet recorded end SUCCESS from their result files; the batch is
@@ -110,7 +128,7 @@ def record_memory_failure(task_name: str, target, rss_mb: float) -> None:
     if task_name == EXPAND_TASK:
         workflow.fail_job(rt, target, f"expanding the archive: {why}")
     elif task_name == LINT_BATCH_TASK:
-        for file_task_id in workflow.running_and_waiting(rt, target)[0]:
+        for file_task_id in killed_batch_files(rt, tasks.redis_client(), target, message_id)[0]:
             workflow.record_cut_short(rt, file_task_id, FailureReason.MEMORY, why)
     else:
         workflow.record_cut_short(rt, target, FailureReason.MEMORY, why)

@@ -138,6 +138,27 @@ def test_written_result_of_a_row_put_back_to_pending_is_recorded_when_attempts_a
     assert job.status == "SUCCESS"
 
 
+def test_a_killed_batch_leaves_the_files_another_delivery_is_linting_to_it(rt):
+    """Batch message batch-1 held a's lock and claimed it; b's lock was held by another delivery
+    (the batch sent b on to wait), which claimed b; c was not started. When batch-1's child is
+    killed, a is its to end, c is sent again, and b is left to the delivery linting it (it used
+    to be ended FAILURE, and that delivery's result thrown away)."""
+    from sqlcheck.locks import acquire_many
+    from sqlcheck.worker_hooks import killed_batch_files
+
+    job_id, (a, b, c) = _job_with_tasks(rt, 3)
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    acquire_many(client, [b], "other@host", 60, owner="single-b")
+    held, busy = acquire_many(client, [a, b, c], "analysis@host", 60, owner="batch-1")
+    assert busy == [b]
+    with rt.db.session() as s:
+        for task_id in (a, b):
+            repo.claim_task(s, task_id, "analysis@host", rt.settings.max_attempts)
+    assert killed_batch_files(rt, client, [a, b, c], "batch-1") == ([a], [c])
+    client.delete(*(lock_key(t) for t in (a, b, c)))
+    assert killed_batch_files(rt, client, [a, b, c], "batch-1") == ([a, b], [c])  # no lock: nobody else
+
+
 def test_unexpanded_job_gets_its_expand_message_again_then_fails(rt):
     job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
     client = redis.Redis.from_url(rt.settings.broker_url)
