@@ -265,14 +265,14 @@ def _expand_member(
         return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER,
                              message=f"path too long for the share (a name over {MAX_NAME_BYTES} bytes "
                                      f"or the whole path over {MAX_PATH_BYTES})")
+    if rel in seen:  # before the checks below: a rejected first copy still owns the path
+        return ArchiveMember(name, rel, rejected=FailureReason.DUPLICATE_MEMBER, message="same path appears twice in the archive")
+    seen.add(rel)
     unsafe = _unsafe_kind(info)
     if unsafe:
         return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=f"member is a {unsafe}")
     if info.flag_bits & 0x1:
         return ArchiveMember(name, rel, rejected=FailureReason.ENCRYPTED, message="member is encrypted")
-    if rel in seen:
-        return ArchiveMember(name, rel, rejected=FailureReason.DUPLICATE_MEMBER, message="same path appears twice in the archive")
-    seen.add(rel)
     try:
         target = writer.target(rel)
     except OutsideShare as exc:

@@ -190,6 +190,17 @@ def test_duplicate_paths_rejected_first_one_kept(tmp_path):
     assert (dest / "a" / "x.sql").read_text() == "select 1"
 
 
+def test_a_rejected_first_copy_still_owns_its_path(tmp_path):
+    """A symlink named x.sql, then a regular x.sql: the second is the duplicate (it used to be
+    written to sources/ and then dropped, its name's one task row being the symlink's)."""
+    with pytest.warns(UserWarning, match="Duplicate"):
+        zip_bytes = zip_with_symlink("x.sql", "/etc/passwd", {"x.sql": b"select 1", "ok.sql": b"select 2"})
+    exp, dest = expand(tmp_path, zip_bytes)
+    assert [(m.name, m.rejected) for m in exp.members] == [
+        ("x.sql", FailureReason.UNSAFE_MEMBER), ("x.sql", FailureReason.DUPLICATE_MEMBER), ("ok.sql", None)]
+    assert files_under(dest) == ["ok.sql"]
+
+
 @pytest.mark.parametrize("names", [("x.sql", "x.sql/y.sql"), ("x.sql", "x.sql/a/y.sql"), ("x.sql/y.sql", "x.sql")])
 def test_file_and_directory_of_the_same_name_do_not_crash(tmp_path, names):
     first, second = names
