@@ -77,7 +77,7 @@ class Settings:
         default=100, metadata=_env("SQLCHECK_CHILD_MAX_MESSAGES", "lint messages a pool child handles before a fresh (warm) one replaces it")
     )
     child_recycle_rss_mb: int = field(
-        default=512, metadata=_env("SQLCHECK_CHILD_RECYCLE_RSS_MB", "RSS above which a child is replaced between files, MiB")
+        default=512, metadata=_env("SQLCHECK_CHILD_RECYCLE_RSS_MB", "RSS above which a child is replaced when it finishes a message, MiB")
     )
     watchdog_interval_s: float = field(
         default=0.25, metadata=_env("SQLCHECK_WATCHDOG_INTERVAL_S", "how often the RSS watchdog looks, seconds")
