@@ -91,6 +91,10 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
             return
         repo.claim_job(s, job_id)
         source_path, dialect_raw, options_raw = job.source_path, job.dialect, job.options
+        expanded_before = job.total_tasks
+    if expanded_before:
+        _finish_earlier_expansion(rt, job_id, expanded_before, send)
+        return
     try:
         if dialect_raw:
             _check_dialect(rt, dialect_raw)
@@ -137,6 +141,17 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         job_id, total, rejected, len(expansion.skipped), cached, sent, messages,
     )
     finalize_job(rt, job_id, written)
+
+
+def _finish_earlier_expansion(rt: Runtime, job_id: str, total: int, send: SendLintMessages) -> None:
+    """A redelivered expand message of a job an earlier delivery expanded (its rows, written in one
+    transaction with total_tasks, say the sources are all on the share): send what that delivery
+    had not sent, and nothing else. Expanding again would rewrite sources children are reading,
+    and a full share or the soft limit on the way would fail a job whose files are being linted."""
+    sent, messages = send_undispatched(rt, job_id, send)
+    log.info("job=%s expanded: already, by an earlier delivery (%d tasks), %d files dispatched in %d messages",
+             job_id, total, sent, messages)
+    finalize_job(rt, job_id)
 
 
 def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options_raw: str | None,

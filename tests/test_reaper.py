@@ -159,6 +159,30 @@ def test_a_killed_batch_leaves_the_files_another_delivery_is_linting_to_it(rt):
     assert killed_batch_files(rt, client, [a, b, c], "batch-1") == ([a, b], [c])  # no lock: nobody else
 
 
+def test_a_redelivered_expand_of_an_expanded_job_only_sends_what_was_not_sent(rt):
+    """The first delivery created the rows and died before sending (here: its sends failed). The
+    redelivery sends them and does not expand again: it works even with the upload gone (an
+    expansion would fail the job 'not found'), and never rewrites sources being linted."""
+    job_id = rt.stack.submit(make_zip({f"f{i}.sql": "SELECT 1\n" for i in range(3)}))
+    redis.Redis.from_url(rt.settings.broker_url).delete(ZIP_QUEUE)
+
+    def broken(_messages):
+        raise ConnectionError("broker gone")
+
+    workflow.expand_job(rt, job_id, broken)
+    with rt.db.session() as s:
+        source_path = repo.get_job(s, job_id).source_path
+        ids = sorted(t.id for t in repo.list_tasks(s, job_id))
+    rt.share.absolute(source_path).unlink()
+    sent = []
+    workflow.expand_job(rt, job_id, lambda messages: sent.extend(t for m in messages for t in m))
+    assert sorted(sent) == ids
+    with rt.db.session() as s:
+        job = repo.get_job(s, job_id)
+        assert (job.status, job.total_tasks) == ("PROCESSING", 3)
+        assert all(t.dispatched_at is not None for t in repo.list_tasks(s, job_id))
+
+
 def test_unexpanded_job_gets_its_expand_message_again_then_fails(rt):
     job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
     client = redis.Redis.from_url(rt.settings.broker_url)

@@ -57,6 +57,7 @@ def test_expand_message_delivered_twice(stack):
     assert len(finalize_lines(stack, job_id)) == 1
     sent = [int(n) for n in re.findall(rf"job={job_id} expanded: .*, (\d+) files dispatched", worker.log())]
     assert sent == [len(FILES), 0], "the second delivery must re-send only what was not sent"
+    assert f"job={job_id} expanded: already, by an earlier delivery ({len(FILES)} tasks)" in worker.log()
     # tiny files travel in batches: ceil(12 / SQLCHECK_LINT_BATCH_MAX_FILES) messages, each received once
     batches = -(-len(FILES) // stack.settings.lint_batch_max_files)
     assert len(re.findall(r"process_sql_files\[batch-[-0-9a-f]+\] received", worker.log())) == batches
