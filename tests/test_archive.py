@@ -12,7 +12,8 @@ from sqlcheck.archive import ExpansionLimits, declared_entries, decode_member_na
 from sqlcheck.errors import ArchiveError
 from sqlcheck.states import FailureReason
 from tests.helpers import make_zip
-from tests.zipcraft import ENCRYPTED_FLAG, set_flag_bits, zip_of_zeros, zip_with_raw_names, zip_with_symlink
+from tests.zipcraft import (ENCRYPTED_FLAG, damage_member_data, set_flag_bits, zip_of_zeros, zip_with_raw_names,
+                             zip_with_symlink)
 
 LIMITS = ExpansionLimits(max_members=100, max_file_bytes=100_000, max_total_bytes=1_000_000, max_ratio=200)
 
@@ -314,13 +315,9 @@ def test_truncated_zip(tmp_path):
 
 
 def test_corrupt_member_data(tmp_path):
-    whole = bytearray(make_zip({"f.sql": "select a, b, c from some_table where x = 1;\n" * 200}))
-    info = zipfile.ZipFile(io.BytesIO(bytes(whole))).getinfo("f.sql")
-    start = info.header_offset + 30 + len(info.orig_filename)
-    for i in range(start + 5, start + 25):
-        whole[i] ^= 0xFF
+    whole = make_zip({"f.sql": "select a, b, c from some_table where x = 1;\n" * 200})
     with pytest.raises(ArchiveError, match="corrupt"):
-        expand(tmp_path, bytes(whole))
+        expand(tmp_path, damage_member_data(whole, "f.sql", 5, 25))
 
 
 def test_corrupt_bzip2_and_lzma_member_data(tmp_path):
@@ -328,14 +325,9 @@ def test_corrupt_bzip2_and_lzma_member_data(tmp_path):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", method) as zf:
             zf.writestr("f.sql", "select a, b, c from some_table where x = 1;\n" * 200)
-        whole = bytearray(buf.getvalue())
-        info = zipfile.ZipFile(io.BytesIO(bytes(whole))).getinfo("f.sql")
-        start = info.header_offset + 30 + len(info.orig_filename)
-        for i in range(start + 5, start + 25):
-            whole[i] ^= 0xFF
         (tmp_path / str(method)).mkdir()
         with pytest.raises(ArchiveError, match="corrupt"):
-            expand(tmp_path / str(method), bytes(whole))
+            expand(tmp_path / str(method), damage_member_data(buf.getvalue(), "f.sql", 5, 25))
 
 
 def test_unsupported_zip_version_is_not_a_valid_zip(tmp_path):

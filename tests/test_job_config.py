@@ -9,6 +9,7 @@ from sqlcheck import job_config
 from sqlcheck.errors import UserInputError
 from sqlcheck.lint_engine import lint_sql
 from sqlcheck.share import SharePaths
+from tests.zipcraft import damage_member_data
 
 
 def test_job_options_are_checked_against_the_whitelist():
@@ -101,12 +102,7 @@ def test_damaged_sqlfluff_is_ignored_not_fatal(tmp_path):
     path = tmp_path / "u.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(".sqlfluff", "[sqlfluff]\ndialect = postgres\n" + "# comment line\n" * 200)
-    whole = bytearray(path.read_bytes())
-    info = zipfile.ZipFile(path).getinfo(".sqlfluff")
-    start = info.header_offset + 30 + len(info.orig_filename)
-    for i in range(start + 2, start + 12):
-        whole[i] ^= 0xFF
-    path.write_bytes(bytes(whole))
+    path.write_bytes(damage_member_data(path.read_bytes(), ".sqlfluff", 2, 12))
     cfg = job_config.read_uploaded_config(path, [".sqlfluff"])
     assert cfg.dialect is None and cfg.ignored[0]["reason"].startswith("unreadable: ")
 

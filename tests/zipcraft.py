@@ -20,6 +20,16 @@ UTF8_FLAG = 0x800
 ENCRYPTED_FLAG = 0x1
 
 
+def damage_member_data(zip_bytes: bytes, member: str, first: int, last: int) -> bytes:
+    """The archive with bytes [first, last) of `member`'s compressed data inverted (headers intact)."""
+    data = bytearray(zip_bytes)
+    info = zipfile.ZipFile(io.BytesIO(zip_bytes)).getinfo(member)
+    start = info.header_offset + 30 + len(info.orig_filename)  # after its local header (no extra field)
+    for i in range(start + first, start + last):
+        data[i] ^= 0xFF
+    return bytes(data)
+
+
 def zip_with_raw_names(entries: dict[bytes, bytes]) -> bytes:
     """A ZIP whose member names are these exact bytes, with the UTF-8 flag cleared.
 

@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import _make_stack, _reset_pg, _reset_redis
 from tests.helpers import make_zip, wait_until
-from tests.zipcraft import ENCRYPTED_FLAG, set_flag_bits, zip_with_raw_names, zip_with_symlink
+from tests.zipcraft import ENCRYPTED_FLAG, damage_member_data, set_flag_bits, zip_with_raw_names, zip_with_symlink
 
 JOBS: set[str] = set()
 MARKER = Path(f"/tmp/sqlcheck-hostile-{uuid.uuid4().hex}")
@@ -182,12 +182,7 @@ def damaged(method: int, victim: str) -> bytes:
     with zipfile.ZipFile(buf, "w", method) as zf:
         zf.writestr(".sqlfluff", "[sqlfluff]\ndialect = postgres\n" + "# a comment line\n" * 200)
         zf.writestr("a.sql", "SELECT a, b FROM some_table WHERE x = 1;\n" * 200)
-    whole = bytearray(buf.getvalue())
-    info = zipfile.ZipFile(io.BytesIO(bytes(whole))).getinfo(victim)
-    start = info.header_offset + 30 + len(info.orig_filename)
-    for i in range(start + 4, start + 20):
-        whole[i] ^= 0xFF
-    return bytes(whole)
+    return damage_member_data(buf.getvalue(), victim, 4, 20)
 
 
 def _check_sqlfluff_unreadable(view, share):
