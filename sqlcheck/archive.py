@@ -97,10 +97,11 @@ def _printable(name: str) -> str:
     return name.replace("\x00", "\\x00")
 
 
-def _damaged(exc: OSError) -> bool:
-    """An OSError from the archive's bytes, not from the share: bz2's 'Invalid data stream'
-    (no errno) or a seek to a bad offset (EINVAL). Share errors (EIO, ESTALE...) propagate."""
-    return exc.errno in (None, errno.EINVAL)
+def _damaged(exc: Exception) -> bool:
+    """An error from the archive's bytes, not from the share: any of CORRUPT_DATA, bz2's OSError
+    'Invalid data stream' (no errno) or a seek to a bad offset (EINVAL). Share errors (EIO,
+    ESTALE...) are not: they propagate to the retry."""
+    return not isinstance(exc, OSError) or exc.errno in (None, errno.EINVAL)
 
 
 def _is_sql(name: str) -> bool:
@@ -279,9 +280,7 @@ def _expand_member(
         return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=str(exc))
     try:
         data = _inflate(zf, info, name, limits, budget)
-    except CORRUPT_DATA as exc:
-        raise ArchiveError(f"the ZIP archive is corrupt or truncated at {name!r}: {exc}") from None
-    except OSError as exc:
+    except (*CORRUPT_DATA, OSError) as exc:
         if not _damaged(exc):
             raise
         raise ArchiveError(f"the ZIP archive is corrupt or truncated at {name!r}: {exc}") from None

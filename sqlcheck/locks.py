@@ -28,6 +28,12 @@ def lock_key(task_id: str) -> str:
     return f"task_lock:{task_id}"
 
 
+def _holder(value: bytes | str) -> tuple[str, str, str | None]:
+    """(node, pid, owner) of a lock's value; owner None in a value written without one."""
+    parts = (value.decode() if isinstance(value, bytes) else value).split("|")
+    return parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 3 else None
+
+
 @dataclass
 class TaskLock:
     client: redis.Redis
@@ -55,8 +61,7 @@ class TaskLock:
         if holder is None:
             return bool(self.client.set(key, self.token, nx=True, ex=self.ttl_s))
         holder = holder.decode() if isinstance(holder, bytes) else holder
-        node, _, rest = holder.partition("|")
-        pid = rest.partition("|")[0]
+        node, pid, _owner = _holder(holder)
         if node == self.node and pid.isdigit() and not psutil.pid_exists(int(pid)):
             return bool(self.client.eval(_TAKE_OVER, 1, key, holder, self.token, self.ttl_s))
         return False
@@ -94,10 +99,5 @@ def held_by_another_message(client: redis.Redis, task_ids: list[str], owner: str
     """Of these tasks, those whose lock a message other than `owner` holds now (one round trip)."""
     if not task_ids:
         return set()
-    held = set()
-    for task_id, value in zip(task_ids, client.mget([lock_key(t) for t in task_ids])):
-        if value is not None:
-            parts = (value.decode() if isinstance(value, bytes) else value).split("|")
-            if len(parts) < 4 or parts[2] != owner:
-                held.add(task_id)
-    return held
+    values = client.mget([lock_key(t) for t in task_ids])
+    return {task_id for task_id, value in zip(task_ids, values) if value is not None and _holder(value)[2] != owner}

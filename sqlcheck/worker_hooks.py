@@ -118,7 +118,7 @@ def killed_batch_files(rt, client: redis.Redis, task_ids: list[str], message_id:
     return [t for t in running if t not in others], waiting
 
 
-def record_memory_failure(task_name: str, target, rss_mb: float, message_id: str = "") -> None:
+def record_memory_failure(task_name: str, target, rss_mb: float, message_id: str) -> None:
     """The watchdog is about to kill a child: fail its file, or its job when it was expanding a ZIP
     (otherwise the redelivered ZIP message would balloon again, forever). Files of a batch that
     it had linted but not yet recorded end SUCCESS from their result files; the batch is
