@@ -201,6 +201,8 @@ def expand_zip_safely(zip_path: Path, dest: Path, limits: ExpansionLimits) -> Ex
     except FileNotFoundError:
         raise ArchiveError(f"uploaded archive not found on the share: {zip_path.name}") from None
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+        if not _damaged(exc):  # the share failed (EIO, ESTALE...), not the upload: the task retries
+            raise
         raise ArchiveError(f"not a valid ZIP archive: {exc}") from None
     result = Expansion()
     writer = SourceWriter(dest)

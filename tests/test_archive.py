@@ -1,5 +1,6 @@
 """Safe ZIP expansion: names decoded right, nothing escapes the job dir, limits on real bytes."""
 
+import errno
 import hashlib
 import io
 import struct
@@ -8,8 +9,10 @@ import zipfile
 
 import pytest
 
+from sqlcheck import archive
 from sqlcheck.archive import ExpansionLimits, declared_entries, decode_member_name, expand_zip_safely, safe_relative_path
 from sqlcheck.errors import ArchiveError
+from sqlcheck.retries import is_transient
 from sqlcheck.states import FailureReason
 from tests.helpers import make_zip
 from tests.zipcraft import (ENCRYPTED_FLAG, damage_member_data, set_flag_bits, zip_of_zeros, zip_with_raw_names,
@@ -337,6 +340,25 @@ def test_unsupported_zip_version_is_not_a_valid_zip(tmp_path):
     whole[central + 6] = 0xFF  # "version needed to extract" of the central directory entry
     with pytest.raises(ArchiveError, match="not a valid ZIP"):
         expand(tmp_path, bytes(whole))
+
+
+def _fail_with(err: int):
+    def fail(*_args, **_kwargs):
+        raise OSError(err, "injected share error")
+    return fail
+
+
+@pytest.mark.parametrize("where", ["opening the upload", "reading a member"])
+def test_share_errors_reach_the_retry_not_the_job(tmp_path, monkeypatch, where):
+    """Only the archive's own bytes make it "not a valid ZIP" or "corrupt": an NFS error (ESTALE,
+    EIO) opening or reading the upload propagates, and the expand task retries it."""
+    if where == "opening the upload":
+        monkeypatch.setattr(archive, "open", _fail_with(errno.ESTALE), raising=False)
+    else:
+        monkeypatch.setattr(zipfile.ZipExtFile, "read", _fail_with(errno.EIO))
+    with pytest.raises(OSError) as caught:
+        expand(tmp_path, make_zip({"a.sql": "SELECT 1\n"}))
+    assert not isinstance(caught.value, ArchiveError) and is_transient(caught.value)
 
 
 def test_missing_upload(tmp_path):
