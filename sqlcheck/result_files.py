@@ -46,7 +46,8 @@ def write_task_result(share: SharePaths, doc: dict[str, Any]) -> str:
     """Write a task's result, whole as any reader sees it; returns its path relative to the share."""
     # Nobody reads a result before its row says SUCCESS, which is committed after this write, so
     # a new file is written in place; one already there (a file linted again) is replaced
-    # atomically. No fsync: NFS flushes on close, and a lost file is linted again.
+    # atomically. No fsync here: the caller syncs the share once for all the files it
+    # records (SharePaths.sync_to_disk) before their rows commit.
     path, data = share.result_path(doc["job_id"], doc["task_id"]), _dump(doc)
     try:
         write_new_file(path, data)

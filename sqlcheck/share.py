@@ -10,6 +10,8 @@ Layout, relative to the share root (a contract with the web service)::
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import os
 import tempfile
@@ -89,6 +91,40 @@ class SharePaths:
     def upload_rel(job_id: str) -> str:
         """Where `sqlcheckctl submit` stores a ZIP (the web service may choose its own path)."""
         return f"uploads/{job_id}.zip"
+
+    def sync_to_disk(self) -> None:
+        """Make every file written on the share so far durable, before a row naming one commits.
+
+        Sources and result files are written without an fsync each; this runs once per
+        expansion, per lint message and per block of cached results instead: one syncfs(2) of
+        the share's file system (0.5 ms for a message's 8 files on the bench VM's disk, 7 ms for
+        594 files, against 0.35 ms a file with fsync; a 10,000-file upload would wait 2.6 s
+        more). Without it, a crash of a machine whose share is a local disk could leave a
+        SUCCESS row whose result file is empty, or a source linted as empty. On NFS, close()
+        has already sent the data, so there is little left to wait for.
+        """
+        if _syncfs is None:  # not Linux: every file system, the only portable call
+            os.sync()
+            return
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs(fd) != 0:  # a write-back error (EIO...) is reported here since Linux 5.8
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs of the share failed: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+
+
+def _load_syncfs():
+    """Linux's syncfs(2) (the os module has no wrapper), or None where libc lacks it."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    return getattr(libc, "syncfs", None)
+
+
+_syncfs = _load_syncfs()
 
 
 def write_new_file(path: Path, data: bytes) -> None:

@@ -130,6 +130,7 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         )
         for m in expansion.members
     ]
+    rt.share.sync_to_disk()  # the rows say every source is on the share
     with rt.db.session() as s:
         total = repo.create_tasks(s, job_id, new_tasks)
     cached, written = _serve_from_cache(rt, job_id, dialect_raw, options_raw, expansion.members)
@@ -181,6 +182,7 @@ def _serve_from_cache(rt: Runtime, job_id: str, dialect_raw: str | None, options
         written[task_id] = doc
     if not finished:
         return 0, {}
+    rt.share.sync_to_disk()
     with rt.db.session() as s:
         return repo.finish_pending_from_cache(s, finished, rt.settings.node_name), written
 
@@ -336,6 +338,7 @@ def record_linted(rt: Runtime, conn, files: Sequence[LintedFile]) -> int:
     """IN_PROGRESS -> SUCCESS for linted files, all in one transaction: one wait for the disk
     for a message's files, not one each. When one had moved meanwhile (a duplicate delivery, the
     reaper), they are recorded one by one instead, to tell which. Returns how many were recorded."""
+    rt.share.sync_to_disk()  # a SUCCESS row promises a whole result file, also after a crash
     if len(files) > 1 and repo.finish_tasks_success_together(conn, [f.result for f in files]):
         for f in files:
             _log_success(f)
@@ -375,6 +378,7 @@ def record_cut_short(rt: Runtime, task_id: str, reason: FailureReason, message: 
         job_id, attempts = (task.job_id, task.attempts) if task is not None else (None, 0)
     written = written_result(rt, job_id, task_id) if job_id else None
     if written is not None:
+        rt.share.sync_to_disk()  # the child that wrote it was cut short before its sync
         with rt.db.autocommit() as conn:
             recorded = repo.finish_open_task_success(conn, written)
         if recorded:

@@ -165,3 +165,18 @@ def pg_stack(tmp_path, redis_url, pg_server_url) -> Stack:
     yield s
     for w in s.workers:
         w.stop()
+
+
+@pytest.fixture
+def rt(tmp_path, redis_url):
+    """A worker's Runtime in this process (SQLite, this session's Redis, a temporary share), for
+    driving workflow steps directly; messages it sends wait in Redis, where no worker reads them."""
+    from sqlcheck.workflow import Runtime
+
+    _reset_redis(redis_url)
+    stack = _make_stack(tmp_path, None, redis_url, SQLCHECK_REAPER_LOST_AFTER_S="0", SQLCHECK_REAPER_MARGIN_S="5")
+    runtime = Runtime.from_settings(stack.settings)
+    runtime.stack = stack
+    yield runtime
+    runtime.db.engine.dispose()
+    _reset_redis(redis_url)  # the messages this test sent must not reach a later test's worker

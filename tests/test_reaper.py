@@ -42,17 +42,6 @@ def test_unreadable_message_is_ignored():
     assert reaper.message_task_id_and_args(b"not json") == (None, [])
 
 
-@pytest.fixture
-def rt(tmp_path, redis_url):
-    _reset_redis(redis_url)
-    stack = _make_stack(tmp_path, None, redis_url, SQLCHECK_REAPER_LOST_AFTER_S="0", SQLCHECK_REAPER_MARGIN_S="5")
-    runtime = Runtime.from_settings(stack.settings)
-    runtime.stack = stack
-    yield runtime
-    runtime.db.engine.dispose()
-    _reset_redis(redis_url)  # the messages this test sent must not reach a later test's worker
-
-
 def _job_with_tasks(rt, n=3, sql="SELECT 1\n") -> tuple[str, list[str]]:
     job_id = rt.stack.submit(make_zip({f"f{i}.sql": sql for i in range(n)}))
     redis.Redis.from_url(rt.settings.broker_url).delete(ZIP_QUEUE)  # no zip worker: expand here

@@ -138,3 +138,59 @@ def test_a_result_file_is_read_back_only_when_whole_and_its_own(tmp_path):
     (tmp_path / rel).write_bytes(whole)
     (tmp_path / "jobs/J/results/U.json").write_bytes(whole)  # another task's document under this name
     assert read_task_result(share, "J", "U") is None
+
+
+def test_sync_to_disk_syncs_the_share_and_reports_an_error(tmp_path):
+    (tmp_path / "share").mkdir()
+    share = SharePaths(tmp_path / "share")
+    (tmp_path / "share" / "a.json").write_bytes(b"{}")
+    share.sync_to_disk()  # the real syncfs(2)
+    (tmp_path / "share").rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError):
+        share.sync_to_disk()
+
+
+def test_a_row_names_a_share_file_only_after_the_file_was_synced(rt, monkeypatch):
+    """Sources before their task rows; result files before their SUCCESS rows, whether linted,
+    from the result cache or recorded from a cut-short file: a machine crash cannot leave a row
+    that names a file the disk never got."""
+    from sqlcheck import repository as repo
+    from sqlcheck import workflow
+    from sqlcheck.states import FailureReason, TaskStatus
+    from tests.helpers import make_zip
+
+    synced: set[str] = set()
+    real_sync = rt.share.sync_to_disk
+
+    def sync_and_note():
+        real_sync()
+        synced.update(p.relative_to(rt.share.root).as_posix() for p in rt.share.root.rglob("*") if p.is_file())
+
+    monkeypatch.setattr(rt.share, "sync_to_disk", sync_and_note)
+
+    def rows_name_only_synced_files(job_id):
+        with rt.db.session() as s:
+            tasks = repo.list_tasks(s, job_id)
+        assert tasks and all(t.source_file_path in synced for t in tasks)
+        done = [t for t in tasks if t.status == TaskStatus.SUCCESS.value]
+        assert all(t.result_file_path in synced for t in done)
+        return tasks, len(done)
+
+    files = {f"f{i}.sql": f"select a{i} from t\n" for i in range(3)}
+
+    def expanded(zip_files):
+        job_id = rt.stack.submit(make_zip(zip_files))
+        workflow.expand_job(rt, job_id, lambda ids: None)
+        return job_id, rows_name_only_synced_files(job_id)
+
+    job_id, (tasks, done) = expanded(files)
+    assert done == 0
+    for t in tasks:  # linted
+        workflow.lint_task(rt, t.id, "test-host")
+    assert rows_name_only_synced_files(job_id)[1] == 3
+    assert expanded(files)[1][1] == 3  # the same files again: from the result cache
+    job_id, (tasks, _) = expanded({"cut.sql": "select b from t\n"})
+    with workflow.file_connections(rt) as (conn, claims):  # written, then the child is cut short
+        assert workflow.lint_file(rt, conn, claims, tasks[0].id, "test-host") is not None
+    assert workflow.record_cut_short(rt, tasks[0].id, FailureReason.TIMEOUT, "cut") == TaskStatus.SUCCESS
+    assert rows_name_only_synced_files(job_id)[1] == 1
