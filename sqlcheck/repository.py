@@ -76,10 +76,14 @@ def claim_job(session: Session, job_id: str) -> bool:
 
 
 def fail_job(session: Session, job_id: str, message: str) -> bool:
-    """Any non-terminal job -> FAILED with a message for the user."""
+    """A non-terminal job that has no task rows yet -> FAILED with a message for the user.
+
+    Once its rows are written (with total_tasks, in one transaction) the job ends from its
+    files: an expansion cut short after that point leaves rows the reaper sends and finalizes.
+    """
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.not_in(_TERMINAL_JOBS))
+        .where(Job.id == job_id, Job.status.not_in(_TERMINAL_JOBS), Job.total_tasks == 0)
         .values(status=JobStatus.FAILED.value, error_message=message[:2000], finished_at=utcnow())
     )
     return result.rowcount == 1

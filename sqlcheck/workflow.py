@@ -250,13 +250,25 @@ def send_undispatched(rt: Runtime, job_id: str, send: SendLintMessages) -> tuple
 
 
 def fail_job(rt: Runtime, job_id: str, message: str) -> None:
-    """PROCESSING/PENDING -> FAILED. Before the commit, the sources written so far are removed and
-    summary.json is written: whoever sees FAILED sees the job's final files."""
+    """PROCESSING/PENDING -> FAILED, unless the job has its task rows already. Before the commit,
+    the sources written so far are removed and summary.json is written: whoever sees FAILED sees
+    the job's final files.
+
+    An expansion cut short (time limit, memory, an error) after its rows were committed does
+    not fail the job: its files may be queued or being linted, and would lose their sources.
+    The rows it had not sent are PENDING and never sent, which the reaper sends; the job then
+    ends from its files like any other.
+    """
     with rt.db.session() as s:
         if repo.fail_job(s, job_id, message):
             shutil.rmtree(rt.share.source_dir(job_id), ignore_errors=True)
             write_summary(rt, job_id, s)
             log.warning("job=%s FAILED: %s", job_id, message)
+            return
+        job = repo.get_job(s, job_id)
+        if job is not None and job.total_tasks and job.status not in {j.value for j in TERMINAL_JOB_STATES}:
+            log.warning("job=%s not failed although %s: its %d task rows were written, so it ends from "
+                        "its files (the reaper sends any not sent)", job_id, message, job.total_tasks)
 
 
 # ---- lint one file ---------------------------------------------------------------

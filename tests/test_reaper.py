@@ -172,6 +172,27 @@ def test_a_redelivered_expand_of_an_expanded_job_only_sends_what_was_not_sent(rt
         assert all(t.dispatched_at is not None for t in repo.list_tasks(s, job_id))
 
 
+def test_an_expansion_cut_short_after_its_rows_were_written_does_not_fail_the_job(rt, caplog):
+    """The zip time limit, a memory kill or an error after the task rows were committed (during the
+    cache lookup, the sends or the finalize) must not fail the job: its files may be queued or
+    being linted, and failing it removed their sources. The reaper sends what was not sent."""
+    job_id = rt.stack.submit(make_zip({f"f{i}.sql": "SELECT 1\n" for i in range(2)}))
+    redis.Redis.from_url(rt.settings.broker_url).delete(ZIP_QUEUE)
+
+    def cut_short(_messages):
+        raise RuntimeError("cut short while sending")  # the rows stay PENDING, never sent
+
+    workflow.expand_job(rt, job_id, cut_short)
+    workflow.fail_job(rt, job_id, "expanding the archive took longer than 60 s")  # what the task does then
+    with rt.db.session() as s:
+        job, tasks = repo.get_job(s, job_id), repo.list_tasks(s, job_id)
+    assert (job.status, job.total_tasks, job.error_message) == ("PROCESSING", 2, None)
+    assert all(rt.share.absolute(t.source_file_path).is_file() for t in tasks)
+    assert "not failed although expanding the archive took longer than 60 s" in caplog.text
+    report = _pass(rt, datetime.now(timezone.utc) + timedelta(seconds=1))
+    assert report.resent_tasks == 2 and _queued(rt, ANALYSIS_QUEUE) == sorted(t.id for t in tasks)
+
+
 def test_unexpanded_job_gets_its_expand_message_again_then_fails(rt):
     job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
     client = redis.Redis.from_url(rt.settings.broker_url)

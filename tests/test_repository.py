@@ -115,6 +115,9 @@ def test_claim_job_moves_pending_to_processing_once_terminal_stays(db):
         assert repo.claim_job(s, job_id)
     assert job_row(db, job_id).started_at == restarted  # expanded: the start time is kept
     with db.session() as s:
+        assert not repo.fail_job(s, job_id, "cut short")  # expanded: it ends from its files
+        s.execute(update(Job).where(Job.id == job_id).values(total_tasks=0))
+    with db.session() as s:
         assert repo.fail_job(s, job_id, "corrupt archive")
     with db.session() as s:
         assert not repo.claim_job(s, job_id)
