@@ -54,6 +54,16 @@ CSV_COLUMNS = ("member", "line", "pos", "code", "name", "description")
 UTF8_BOM = "\ufeff"
 
 
+#: a cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(text: str) -> str:
+    """An uploaded name or a message as inert text: a member named `=HYPERLINK(...)` must not
+    run as a formula when an operator opens the CSV; a leading apostrophe keeps it text."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def csv_report(results: Iterable[dict[str, Any]]) -> str:
     """One row per violation, ordered by member, line, position; starts with a UTF-8 BOM."""
     buf = io.StringIO()
@@ -61,8 +71,8 @@ def csv_report(results: Iterable[dict[str, Any]]) -> str:
     writer.writerow(CSV_COLUMNS)
     for doc in sorted(results, key=lambda d: d["archive_member"]):
         for v in doc["violations"]:
-            writer.writerow((doc["archive_member"], v["start_line_no"], v["start_line_pos"], v["code"],
-                             v.get("name") or "", v.get("description") or ""))
+            writer.writerow((_text_cell(doc["archive_member"]), v["start_line_no"], v["start_line_pos"], v["code"],
+                             _text_cell(v.get("name") or ""), _text_cell(v.get("description") or "")))
     return UTF8_BOM + buf.getvalue()
 
 

@@ -31,12 +31,18 @@ def _level(violation: dict[str, Any]) -> str:
     return "warning" if violation.get("warning") else "error"
 
 
-def _region(v: dict[str, Any]) -> dict[str, int]:
-    region = {"startLine": v["start_line_no"], "startColumn": v["start_line_pos"]}
-    if v.get("end_line_no"):
+def _region(v: dict[str, Any]) -> dict[str, int] | None:
+    """SARIF lines and columns start at 1: a position sqlfluff gives as 0 (a templater error that
+    knows only its line, or not even that) is left out, not written as an invalid 0."""
+    if not v.get("start_line_no", 0) >= 1:
+        return None
+    region = {"startLine": v["start_line_no"]}
+    if v.get("start_line_pos", 0) >= 1:
+        region["startColumn"] = v["start_line_pos"]
+    if v.get("end_line_no") and v["end_line_no"] >= v["start_line_no"]:
         region["endLine"] = v["end_line_no"]
-    if v.get("end_line_pos"):
-        region["endColumn"] = v["end_line_pos"]
+        if v.get("end_line_pos", 0) >= 1 and "startColumn" in region:
+            region["endColumn"] = v["end_line_pos"]
     return region
 
 

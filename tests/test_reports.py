@@ -57,6 +57,13 @@ def test_csv_has_bom_one_row_per_violation_and_round_trips_chinese(tmp_path):
     assert ["报表/月度 汇总.sql", "3", "7", "LT01", "layout.spacing", "多余的空格, 在 \"逗号\" 之前"] in rows
 
 
+def test_csv_cells_from_the_upload_cannot_be_formulas():
+    doc = {"archive_member": "=HYPERLINK(\"http://x\").sql", "violations": [
+        {"start_line_no": 1, "start_line_pos": 1, "code": "LT01", "name": "+name", "description": "@SUM(A1)"}]}
+    rows = list(csv.reader(csv_report([doc]).lstrip("\ufeff").splitlines()))
+    assert rows[1] == ["'=HYPERLINK(\"http://x\").sql", "1", "1", "LT01", "'+name", "'@SUM(A1)"]
+
+
 def test_sarif_document_shape():
     doc = sarif_document(SUMMARY, RESULTS)
     assert doc["version"] == "2.1.0"
@@ -143,3 +150,17 @@ def test_results_known_in_memory_are_not_read_back(tmp_path):
     assert read_results(share, summary, {"t-memory": in_memory}) == [on_share, in_memory]
     with pytest.raises(FileNotFoundError):
         read_results(share, summary)
+
+
+def test_sarif_positions_start_at_one_even_for_a_templater_error():
+    """sqlfluff reports a jinja error of `'{%s}'` (a common format string) at column 0; SARIF
+    lines and columns start at 1, and a strict reader refuses a 0."""
+    from sqlcheck.lint_engine import lint_sql
+
+    violations = lint_sql("SELECT '{%s}' AS fmt\n", "fmt.sql", "ansi").violations
+    assert [(v["code"], v["start_line_pos"]) for v in violations] == [("TMP", 0)]
+    no_line = dict(violations[0], start_line_no=0)
+    doc = sarif_document({**SUMMARY, "files": []}, [
+        {"archive_member": "fmt.sql", "encoding": "utf-8", "violations": violations + [no_line]}])
+    regions = [loc["physicalLocation"].get("region") for r in doc["runs"][0]["results"] for loc in r["locations"]]
+    assert regions == [{"startLine": 1}, None]
