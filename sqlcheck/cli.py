@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 
-from sqlcheck.errors import ConfigError, ControlError, SqlcheckError, UserInputError
+from sqlcheck.errors import ConfigError, ControlError, SqlcheckError, UserInputError, first_line
 from sqlcheck.settings import Settings, load_settings
 
 #: exit codes (status follows LSB: 3 = not running)
@@ -83,7 +83,7 @@ def db_upgrade() -> None:
         try:
             upgrade_schema(s.resolved_database_url)
         except Exception as exc:  # driver errors: show one line, not a traceback
-            raise ConfigError(f"setting DATABASE_URL: migration failed: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(f"setting DATABASE_URL: migration failed: {first_line(exc)}") from None
     out.print(f"database schema is up to date ({redacted_url(s.resolved_database_url)})", highlight=False)
 
 
@@ -153,7 +153,10 @@ def _wait_with_progress(db, job_id: str, timeout: float, quiet: bool) -> str:
     from sqlcheck.client import wait_for_job
 
     if quiet:
-        return wait_for_job(db, job_id, timeout)
+        try:
+            return wait_for_job(db, job_id, timeout)
+        except TimeoutError as exc:
+            raise ControlError(str(exc)) from None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as bar:
         handle = bar.add_task("waiting", total=None)
@@ -213,7 +216,11 @@ def report(
     if not data.endswith(b"\n"):
         data += b"\n"
     if output:
-        output.write_bytes(data)
+        try:
+            output.write_bytes(data)
+        except OSError as exc:
+            err.print(f"[red]error:[/red] cannot write {output}: {exc.strerror}", highlight=False)
+            raise typer.Exit(EXIT_FAIL) from None
     else:
         sys.stdout.buffer.write(data)  # bytes: the console's encoding must not mangle Chinese text
         sys.stdout.flush()

@@ -16,7 +16,8 @@ from typing import Any, Callable
 from sqlcheck import repository as repo
 from sqlcheck.celery_app import make_sender, send_expand
 from sqlcheck.database import Database
-from sqlcheck.errors import UserInputError
+from sqlcheck.errors import ControlError, UserInputError, first_line
+from sqlcheck.retries import is_transient
 from sqlcheck.settings import Settings
 from sqlcheck.share import SharePaths
 from sqlcheck.states import TERMINAL_JOB_STATES
@@ -49,9 +50,22 @@ class Submitter:
             raise UserInputError(f"{zip_file}: no such file")
         job_id = str(uuid.uuid4())
         rel = store_upload(self.share, job_id, zip_file)
-        with self.db.session() as s:
-            repo.insert_job(s, job_id, rel, dialect, options)
-        send_expand(self.sender, job_id)
+        try:
+            with self.db.session() as s:
+                repo.insert_job(s, job_id, rel, dialect, options)
+        except Exception as exc:
+            self.share.absolute(rel).unlink(missing_ok=True)  # no row names it: nothing would ever remove it
+            if is_transient(exc):
+                raise ControlError(f"the database is unreachable, nothing was submitted: {exc.__class__.__name__}: {first_line(exc)}") from None
+            raise
+        try:
+            send_expand(self.sender, job_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise ControlError(f"job {job_id} is stored (PENDING), but its message could not be sent: "
+                               f"{exc.__class__.__name__}: {first_line(exc)}; the reaper sends it once the broker answers "
+                               "(do not submit it again)") from None
         return job_id
 
     def close(self) -> None:

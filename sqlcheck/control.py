@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,9 @@ from typing import Any, Callable
 import psutil
 import redis
 
-from sqlcheck.errors import ControlError
+from sqlcheck.errors import ControlError, first_line
 from sqlcheck.settings import Settings
+from sqlcheck.share import atomic_write
 from sqlcheck.supervisor_config import (
     GROUP,
     ProgramSpec,
@@ -88,8 +90,11 @@ def _runs_embedded_redis(paths: SupervisorPaths) -> bool:
 
 
 def write_config(plan: RenderPlan, out_dir: Path | None = None) -> list[Path]:
-    """Write every rendered file under `out_dir` (default SQLCHECK_HOME); 0700 dirs, 0600 files
-    (the environment lines may hold a database password)."""
+    """Write every rendered file under `out_dir` (default SQLCHECK_HOME); 0600 files, also under
+    `out_dir` (the environment lines may hold a database password), and 0700 directories of
+    SQLCHECK_HOME. Each file goes through a temporary file of a random name (mkstemp): two
+    renders at once (systemd's ExecStartPre and an operator) cannot trip over one temporary
+    name, and a link planted in a shared `out_dir` is replaced, never written through."""
     root = (out_dir or plan.paths.home).resolve()
     written = []
     for rel, text in render_all(plan).items():
@@ -97,10 +102,7 @@ def write_config(plan: RenderPlan, out_dir: Path | None = None) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         if out_dir is None:
             path.parent.chmod(0o700)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o600 if out_dir is None else 0o644)
-        os.replace(tmp, path)
+        atomic_write(path, text.encode(), fsync=False, make_parents=False)  # mkstemp: mode 0600
         written.append(path)
     return written
 
@@ -250,7 +252,7 @@ def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir
         try:
             upgrade_schema(settings.resolved_database_url)
         except Exception as exc:  # driver errors: one line
-            raise ControlError(f"database schema upgrade failed: {str(exc).splitlines()[0]}") from None
+            raise ControlError(f"database schema upgrade failed: {first_line(exc)}") from None
         say("database schema is up to date")
         if plan.redis_server:
             say(f"no Redis answers at {settings.broker_url}: supervisord runs {plan.redis_server} (append-only)")
@@ -503,7 +505,7 @@ def status(settings: Settings, bin_dir: Path | None = None) -> dict[str, Any]:
     try:
         doc["jobs"] = job_overview(settings)
     except Exception as exc:
-        doc["jobs"] = {"error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        doc["jobs"] = {"error": f"{exc.__class__.__name__}: {first_line(exc)}"}
     doc["state"] = overall_state(doc)
     return doc
 
@@ -523,16 +525,19 @@ def overall_state(doc: dict[str, Any]) -> str:
 
 def health(settings: Settings) -> dict[str, dict[str, Any]]:
     """Each check -> {ok, detail}. Healthy only when broker, database, share and every node answer."""
+    from sqlcheck.database import redacted_url
+
     checks: dict[str, dict[str, Any]] = {}
     ok = broker_reachable(settings, 2.0)
-    checks["broker"] = {"ok": ok, "detail": settings.broker_url if ok else f"no answer at {settings.broker_url}"}
+    broker = redacted_url(settings.broker_url)  # health output lands in monitoring: no password
+    checks["broker"] = {"ok": ok, "detail": broker if ok else f"no answer at {broker}"}
     try:
         job_overview(settings, limit=1)
         checks["database"] = {"ok": True, "detail": "jobs table readable"}
     except Exception as exc:
-        checks["database"] = {"ok": False, "detail": f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"}
+        checks["database"] = {"ok": False, "detail": f"{exc.__class__.__name__}: {first_line(exc)}"}
     share = settings.resolved_share_root
-    probe = share / f".health-probe-{os.getpid()}"
+    probe = share / f".health-probe-{uuid.uuid4().hex}"  # several nodes share it; pids repeat across machines
     try:
         probe.write_bytes(b"")
         probe.unlink()

@@ -7,6 +7,13 @@ message in the row, never a traceback. Anything else is a bug or an outage.
 from sqlcheck.states import FailureReason
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message: driver errors span several lines, a log event or a
+    message for the operator is one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class SqlcheckError(Exception):
     """Root of every error sqlcheck raises on purpose."""
 

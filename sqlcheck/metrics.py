@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from sqlcheck import counters
 from sqlcheck import repository as repo
 from sqlcheck.celery_app import ANALYSIS_QUEUE, ZIP_QUEUE
+from sqlcheck.errors import first_line
 from sqlcheck.database import Database
 from sqlcheck.settings import Settings
 from sqlcheck.states import FailureReason, JobStatus, TaskStatus
@@ -115,7 +116,7 @@ class LintCollector(Collector):
                 families = list(build())
             except Exception as exc:  # noqa: BLE001 - one source down must not hide the others
                 log.warning("metrics: %s not read: %s: %s", source, exc.__class__.__name__,
-                            (str(exc).splitlines() or [""])[0])
+                            first_line(exc))
                 errors.add_metric([source], 1)
                 continue
             errors.add_metric([source], 0)

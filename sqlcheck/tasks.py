@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from sqlcheck import counters, workflow
 from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
+from sqlcheck.errors import first_line
 from sqlcheck.locks import TaskLock, acquire_many, release_many
 from sqlcheck.retries import backoff_delay_s, is_transient
 from sqlcheck.states import FailureReason
@@ -237,7 +238,7 @@ def _record_or_retry(task, rt: Runtime, conn, linted: list[workflow.LintedFile],
         if is_transient(exc):
             log.error("task=%s and %d more: results written but not recorded, gave up after %d retries: %s: %s; "
                       "the reaper sends them again", first, more, transient_retries, exc.__class__.__name__,
-                      _first_line(exc))
+                      first_line(exc))
         else:
             log.exception("task=%s and %d more: results written but not recorded; the reaper sends them again",
                           first, more)
@@ -280,7 +281,7 @@ def _retry_outage(task, task_id: str, exc: Exception, transient_retries: int, ar
     """A transient error (database or Redis outage): send the message again later, from this file on."""
     delay = _retry_delay(transient_retries)
     log.warning("task=%s transient error (%s: %s); retry %d in %.1fs",
-                task_id, exc.__class__.__name__, _first_line(exc), transient_retries + 1, delay)
+                task_id, exc.__class__.__name__, first_line(exc), transient_retries + 1, delay)
     _retry_later(task, args, transient_retries, delay)
 
 
@@ -303,18 +304,12 @@ def _record_lint_error(rt: Runtime, task_id: str, exc: Exception, transient_retr
     if is_transient(exc):
         # the outage outlasted every retry: say so, with the real error, and no traceback
         log.error("task=%s gave up after %d retries: %s: %s", task_id, transient_retries, exc.__class__.__name__,
-                  _first_line(exc))
+                  first_line(exc))
         message = f"gave up after {transient_retries} retries of a transient error: {exc.__class__.__name__}: {exc}"
     else:
         log.exception("task=%s lint failed with an internal error", task_id)
         message = f"internal error: {exc.__class__.__name__}: {exc}"
     workflow.record_failure(rt, task_id, FailureReason.INTERNAL, message)
-
-
-def _first_line(exc: BaseException) -> str:
-    """Driver errors span several lines; a log event is one line."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _release_quietly(locks: list[TaskLock]) -> None:

@@ -182,3 +182,30 @@ def test_a_home_and_a_venv_with_a_space_and_a_percent_sign(tmp_path):
         (tmp_path / "sqlcheck.service").write_text(unit)
         verify = subprocess.run([analyze, "verify", str(tmp_path / "sqlcheck.service")], capture_output=True, text=True)
         assert "not executable" not in verify.stderr and "Invalid" not in verify.stderr, verify.stderr
+
+
+def test_rendered_files_are_private_and_a_planted_link_is_replaced_not_followed(tmp_path):
+    """`config render --out DIR` writes the environment lines (a database password) too: 0600,
+    and DIR may be a shared place such as /tmp, where another user can plant links."""
+    from sqlcheck.control import write_config
+
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.write_text("keep me")
+    (out / "supervisord").mkdir(parents=True)
+    (out / "supervisord" / "supervisord.conf").symlink_to(victim)
+    (out / "supervisord" / ".supervisord.conf.tmp").symlink_to(victim)  # the old fixed temporary name
+    written = write_config(sample_plan(), out)
+    assert sorted(p.relative_to(out).as_posix() for p in written) == sorted(render_all(sample_plan()))
+    assert all(not p.is_symlink() and p.stat().st_mode & 0o777 == 0o600 for p in written)
+    assert victim.read_text() == "keep me"
+
+
+def test_health_never_prints_the_broker_password(tmp_path):
+    from sqlcheck.control import health
+
+    settings = load_settings(environ={"SQLCHECK_HOME": str(tmp_path / "home"),
+                                      "NFS_SHARE_ROOT_PATH": str(tmp_path / "share"),
+                                      "CELERY_BROKER_URL": "redis://:s3cret@127.0.0.1:1/0"})
+    checks = health(settings)
+    assert checks["broker"] == {"ok": False, "detail": "no answer at redis://:***@127.0.0.1:1/0"}
+    assert "s3cret" not in repr(checks)

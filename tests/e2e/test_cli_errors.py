@@ -1,0 +1,60 @@
+"""`sqlcheckctl` on the expected failures an operator meets: one red line and an exit code, never
+a traceback, and never a job left in a state the message does not describe."""
+
+from __future__ import annotations
+
+import subprocess
+
+from sqlcheck import repository as repo
+from sqlcheck import workflow
+from tests.helpers import SQLCHECKCTL, make_zip
+
+EXIT_FAIL = 1
+
+
+def _ctl(rt, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SQLCHECKCTL, *args], env={**rt.stack.env, **env}, capture_output=True, text=True,
+                          timeout=60)
+
+
+def _one_line_error(out: subprocess.CompletedProcess, *words: str) -> str:
+    text = " ".join(out.stderr.split())  # rich wraps long lines
+    assert out.returncode == EXIT_FAIL and "Traceback" not in out.stderr, out.stderr
+    assert text.startswith("error:") and all(w in text for w in words), text
+    return text
+
+
+def _upload(tmp_path):
+    path = tmp_path / "a.zip"
+    path.write_bytes(make_zip({"a.sql": "SELECT 1\n"}))
+    return path
+
+
+def test_submit_while_the_broker_is_down_says_the_job_is_stored_and_will_be_sent(rt, tmp_path):
+    out = _ctl(rt, "submit", str(_upload(tmp_path)), CELERY_BROKER_URL="redis://127.0.0.1:1/0")
+    text = _one_line_error(out, "is stored (PENDING)", "the reaper sends it", "do not submit it again")
+    job_id = text.split()[2]
+    with rt.db.session() as s:
+        job = repo.get_job(s, job_id)
+        assert job is not None and job.status == "PENDING"  # the reaper re-sends PENDING jobs it finds
+    assert rt.share.absolute(job.source_path).is_file()
+
+
+def test_submit_while_the_database_is_down_keeps_nothing(rt, tmp_path):
+    out = _ctl(rt, "submit", str(_upload(tmp_path)), DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/x")
+    _one_line_error(out, "database is unreachable", "nothing was submitted")
+    assert list((rt.share.root / "uploads").iterdir()) == []
+
+
+def test_submit_wait_json_timeout_and_report_to_a_bad_path(rt, tmp_path):
+    out = _ctl(rt, "submit", str(_upload(tmp_path)), "--wait", "--json", "--timeout", "1")  # no worker runs
+    _one_line_error(out, "still PENDING after 1 s")
+    job_id = rt.stack.submit(make_zip({"b.sql": "select 1\n"}))
+    workflow.expand_job(rt, job_id, lambda messages: None)
+    with rt.db.session() as s:
+        (task,) = repo.list_tasks(s, job_id)
+    workflow.lint_task(rt, task.id, "test-host")  # the last file: the job ends, its summary is written
+    out = _ctl(rt, "report", job_id, "-f", "sarif", "-o", str(tmp_path / "missing" / "r.sarif"))
+    _one_line_error(out, "cannot write", "No such file or directory")
+    assert _ctl(rt, "report", job_id, "-f", "sarif", "-o", str(tmp_path / "r.sarif")).returncode == 0
+    assert '"version":"2.1.0"' in (tmp_path / "r.sarif").read_text().replace(" ", "")
