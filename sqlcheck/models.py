@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sqlcheck.states import JobStatus, TaskStatus
@@ -17,6 +17,18 @@ from sqlcheck.states import JobStatus, TaskStatus
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """`timestamptz`, read back as an aware datetime on every backend. SQLite stores no offset,
+    so it returned naive values, and summary.json's `finished_at` (and SARIF's `endTimeUtc`)
+    lost their "+00:00" there while PostgreSQL's had it; every value written is UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
 class Base(DeclarativeBase):
@@ -31,15 +43,15 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # UUID as text
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.PENDING.value, index=True)
     source_path: Mapped[str] = mapped_column(Text)  # ZIP path relative to the share root
-    dialect: Mapped[str | None] = mapped_column(String(40))  # NULL = SQLCHECK_DEFAULT_DIALECT
+    dialect: Mapped[str | None] = mapped_column(String(40))  # NULL = the upload's .sqlfluff, else SQLCHECK_DEFAULT_DIALECT
     options: Mapped[str | None] = mapped_column(Text)  # optional JSON: {"rules": ..., "exclude_rules": ...}
     error_message: Mapped[str | None] = mapped_column(Text)
     total_tasks: Mapped[int] = mapped_column(Integer, default=0)
     succeeded_tasks: Mapped[int] = mapped_column(Integer, default=0)
     failed_tasks: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Task(Base):
@@ -67,8 +79,8 @@ class Task(Base):
     size_bytes: Mapped[int | None] = mapped_column(Integer)
     encoding: Mapped[str | None] = mapped_column(String(40))
     worker_hostname: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     duration_s: Mapped[float | None] = mapped_column(Float)

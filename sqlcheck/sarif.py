@@ -120,7 +120,7 @@ def sarif_document(summary: dict[str, Any], results: Iterable[dict[str, Any]]) -
             "artifacts": artifacts,
             "invocations": [invocation],
             "results": sarif_results,
-            "properties": {"jobStatus": summary["status"], "dialect": summary.get("dialect")},
+            "properties": {"jobStatus": summary["status"], "dialect": summary.get("configuration", {}).get("dialect") or summary.get("dialect")},
         }],
     }
 

@@ -1,6 +1,7 @@
 """The smallest end-to-end run: one ZIP, real worker, both databases."""
 
 import json
+from datetime import datetime, timedelta
 
 from tests.helpers import make_zip
 
@@ -21,3 +22,12 @@ def test_zip_with_two_same_named_files_in_two_folders(stack):
     summary = json.loads((stack.share / f"jobs/{job_id}/summary.json").read_text())
     assert summary["violations_by_rule"] == {"LT01": 1, "LT09": 1}
     assert summary["skipped_members"] == [{"member": "notes.txt", "reason": "not a .sql file"}]
+    # the same contract on both databases: times with their UTC offset, the dialect used
+    finished = datetime.fromisoformat(summary["finished_at"])
+    assert finished.utcoffset() == timedelta(0)
+    assert all(datetime.fromisoformat(view[k]).utcoffset() is not None for k in ("created_at", "started_at", "finished_at"))
+    assert (summary["dialect"], summary["configuration"]["dialect"]) == (None, "ansi")
+    sarif = json.loads((stack.share / f"jobs/{job_id}/report.sarif").read_text())
+    run = sarif["runs"][0]
+    assert run["properties"]["dialect"] == "ansi"
+    assert datetime.fromisoformat(run["invocations"][0]["endTimeUtc"]) == finished
