@@ -275,7 +275,8 @@ def start(timeout: float = typer.Option(120, help="seconds to wait until every w
     verb = "was already running" if result.already_running else f"started in {result.seconds:.1f} s"
     out.print(f"sqlcheck {verb}: {', '.join(f'{n} {st}' for n, st in result.programs.items())}", highlight=False,
               soft_wrap=True)
-    out.print(f"nodes answering: {', '.join(result.nodes)}", highlight=False)
+    answering = ", ".join(result.nodes) or "not pinged (the settings differ from the running configuration)"
+    out.print(f"nodes answering: {answering}", highlight=False)
     out.print(f"supervisorctl -c {result.conf} status", highlight=False)
 
 

@@ -189,11 +189,18 @@ def _spawn_supervisord(plan: RenderPlan) -> None:
         raise ControlError(f"supervisord did not start (exit {rc}): {out.read_text(errors='replace').strip()[-1500:]}")
 
 
-def wait_ready(settings: Settings, plan: RenderPlan, sup: Supervisor, deadline: float, say: Say) -> dict[str, str]:
-    """Until every program is RUNNING and every Celery node answers a ping; else ControlError with the log tail."""
-    specs = programs(plan)
-    wanted = {_full_name(s) for s in specs}
-    nodes = [s.celery_node for s in worker_specs(plan) if s.celery_node]
+def wait_ready(settings: Settings, plan: RenderPlan, sup: Supervisor, deadline: float, say: Say,
+               running_config: bool = False) -> dict[str, str]:
+    """Until every program is RUNNING and every Celery node answers a ping; else ControlError with the log tail.
+
+    `running_config`: supervisord runs another configuration than `plan` (the settings changed,
+    no reload yet): wait for the programs it has, and ping nobody (the node names may differ).
+    """
+    if running_config:
+        wanted, nodes = {p.full_name for p in sup.processes()}, []
+    else:
+        wanted = {_full_name(s) for s in programs(plan)}
+        nodes = [s.celery_node for s in worker_specs(plan) if s.celery_node]
     last = ""
     while True:
         procs = {p.full_name: p for p in sup.processes() if p.full_name in wanted}
@@ -229,11 +236,13 @@ def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir
     deadline = began + timeout_s
     sup = supervisor_for(settings)
     already = sup.is_up()
+    differs = False
     if already:
         plan = make_plan(settings, bin_dir)
         paths = plan.paths
         say(f"supervisord is already running (pid {sup.pid()}); making sure every program runs")
-        if config_differs(plan):
+        differs = config_differs(plan)
+        if differs:
             say("note: the settings differ from the running configuration; `sqlcheckctl reload` applies them")
         for p in sup.processes():
             if p.state in STOPPED_STATES:
@@ -263,8 +272,8 @@ def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir
                     f"supervisord did not open {paths.socket} in time; see {paths.log_dir}/supervisord.log")
             time.sleep(0.2)
         say(f"supervisord started (pid {sup.pid()})")
-    states = wait_ready(settings, plan, sup, deadline, say)
-    nodes = [s.celery_node for s in worker_specs(plan) if s.celery_node]
+    states = wait_ready(settings, plan, sup, deadline, say, running_config=differs)
+    nodes = [s.celery_node for s in worker_specs(plan) if s.celery_node] if not differs else []
     return StartResult(already, states, nodes, paths.conf, time.monotonic() - began)
 
 
@@ -368,6 +377,9 @@ def restart(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_d
         start(settings, timeout_s, say, bin_dir)
         return []
     plan = make_plan(settings, bin_dir)
+    if config_differs(plan):  # supervisord would restart the old programs, and this loop wait for the new
+        raise ControlError("the settings differ from the running configuration: `sqlcheckctl reload` "
+                           "applies them (replacing what changed, warm); restart restarts what runs as it is")
     done = []
     for spec in programs(plan):
         if spec.name == "redis":

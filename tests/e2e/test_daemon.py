@@ -77,6 +77,14 @@ def daemon(pg_stack):
     d.kill()
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _job_view(stack, job_id):
     from sqlcheck.client import job_view
 
@@ -95,6 +103,13 @@ def test_start_status_reload_restart_stop(daemon):
     assert again.returncode == 0 and "already running" in again.stdout and "reload" not in again.stderr
     hint = daemon.ctl("start", CELERY_WORKER_CONCURRENCY="2")
     assert hint.returncode == 0 and "`sqlcheckctl reload` applies them" in hint.stderr
+    # settings that add a program: start reports what runs (it used to wait 120 s for the
+    # program, then fail); restart refuses at once and names reload
+    new_program = {"SQLCHECK_METRICS_PORT": str(free_port())}
+    hint = daemon.ctl("start", timeout_s=60, **new_program)
+    assert hint.returncode == 0 and "not pinged" in hint.stdout, hint.stderr
+    refused = daemon.ctl("restart", timeout_s=60, **new_program)
+    assert refused.returncode == 1 and "`sqlcheckctl reload`" in " ".join(refused.stderr.split())
 
     rc, doc = daemon.status()
     assert rc == 0 and doc["state"] == "running"
