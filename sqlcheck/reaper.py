@@ -267,7 +267,7 @@ def _finish_jobs(rt, now: datetime, report: ReapReport) -> None:
     with rt.db.session() as s:
         recent = repo.terminal_jobs_finished_between(s, now - SUMMARY_LOOKBACK, now - timedelta(seconds=10))
     for job_id in recent:
-        if not rt.share.absolute(rt.share.summary_rel(job_id)).exists():
+        if repo.is_job_id(job_id) and not rt.share.absolute(rt.share.summary_rel(job_id)).exists():
             workflow.write_summary(rt, job_id)
             report.summaries_written += 1
             report.note(f"job={job_id} summary.json was missing; written")

@@ -29,6 +29,16 @@ _OPEN_TASKS = [TaskStatus.PENDING.value, TaskStatus.IN_PROGRESS.value]
 _BATCH = 500
 
 
+def is_job_id(job_id: str) -> bool:
+    """jobs.id must be a UUID (the contract): the job's folder on the share and its task ids
+    derive from it, so any other id (a path, a name) is refused before either is made."""
+    try:
+        uuid.UUID(job_id)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
 def task_id_for(job_id: str, archive_member: str) -> str:
     """Deterministic task id: a redelivered zip message produces the same ids."""
     return str(uuid.uuid5(uuid.UUID(job_id), archive_member))

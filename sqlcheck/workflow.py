@@ -92,6 +92,9 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         repo.claim_job(s, job_id)
         source_path, dialect_raw, options_raw = job.source_path, job.dialect, job.options
         expanded_before = job.total_tasks
+    if not repo.is_job_id(job_id):
+        fail_job(rt, job_id, f"job id {job_id!r} is not a UUID; nothing was expanded")
+        return
     if expanded_before:
         _finish_earlier_expansion(rt, job_id, expanded_before, send)
         return
@@ -261,8 +264,9 @@ def fail_job(rt: Runtime, job_id: str, message: str) -> None:
     """
     with rt.db.session() as s:
         if repo.fail_job(s, job_id, message):
-            shutil.rmtree(rt.share.source_dir(job_id), ignore_errors=True)
-            write_summary(rt, job_id, s)
+            if repo.is_job_id(job_id):  # else it has no folder on the share (see is_job_id)
+                shutil.rmtree(rt.share.source_dir(job_id), ignore_errors=True)
+                write_summary(rt, job_id, s)
             log.warning("job=%s FAILED: %s", job_id, message)
             return
         job = repo.get_job(s, job_id)

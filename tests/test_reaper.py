@@ -193,6 +193,26 @@ def test_an_expansion_cut_short_after_its_rows_were_written_does_not_fail_the_jo
     assert report.resent_tasks == 2 and _queued(rt, ANALYSIS_QUEUE) == sorted(t.id for t in tasks)
 
 
+@pytest.mark.parametrize("bad_id", ["../../../etc/evil", "job-42", "a" * 36])
+def test_a_job_id_that_is_not_a_uuid_fails_the_job_and_touches_no_file(rt, bad_id):
+    """jobs.id is a UUID by contract (the job's folder and its task ids derive from it). A row
+    with another id, such as a path, used to raise in expand, in fail_job and in the reaper's
+    pass, so the job stayed PROCESSING and the reaper process died on it every pass."""
+    upload = rt.share.absolute("uploads/x.zip")
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    upload.write_bytes(make_zip({"a.sql": "SELECT 1\n"}))
+    with rt.db.session() as s:
+        repo.insert_job(s, bad_id, "uploads/x.zip", None, None)
+    before = sorted(p for p in rt.share.root.parent.rglob("*"))
+    workflow.expand_job(rt, bad_id, lambda messages: None)
+    with rt.db.session() as s:
+        job = repo.get_job(s, bad_id)
+        assert (job.status, job.error_message) == ("FAILED", f"job id {bad_id!r} is not a UUID; nothing was expanded")
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    _pass(rt, later)  # the reaper meets the FAILED row without a summary.json: the pass goes on
+    assert sorted(p for p in rt.share.root.parent.rglob("*")) == before
+
+
 def test_unexpanded_job_gets_its_expand_message_again_then_fails(rt):
     job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
     client = redis.Redis.from_url(rt.settings.broker_url)
