@@ -89,7 +89,9 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         if job.status in {j.value for j in TERMINAL_JOB_STATES}:
             log.info("job=%s expand: already %s; duplicate message ignored", job_id, job.status)
             return
-        repo.claim_job(s, job_id)
+        if not repo.claim_job(s, job_id):  # a status outside the contract (say, the web service's own)
+            log.error("job=%s expand: status %r is neither PENDING nor PROCESSING; message dropped", job_id, job.status)
+            return
         source_path, dialect_raw, options_raw = job.source_path, job.dialect, job.options
         expanded_before = job.total_tasks
     if not repo.is_job_id(job_id):

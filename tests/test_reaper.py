@@ -213,6 +213,17 @@ def test_a_job_id_that_is_not_a_uuid_fails_the_job_and_touches_no_file(rt, bad_i
     assert sorted(p for p in rt.share.root.parent.rglob("*")) == before
 
 
+def test_a_job_in_a_status_outside_the_contract_is_left_alone(rt, caplog):
+    job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
+    with rt.db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status="CANCELLED"))
+    workflow.expand_job(rt, job_id, lambda messages: None)
+    with rt.db.session() as s:
+        assert repo.get_job(s, job_id).status == "CANCELLED" and repo.list_tasks(s, job_id) == []
+    assert "status 'CANCELLED' is neither PENDING nor PROCESSING; message dropped" in caplog.text
+    assert not rt.share.job_dir(job_id).exists()
+
+
 def test_unexpanded_job_gets_its_expand_message_again_then_fails(rt):
     job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
     client = redis.Redis.from_url(rt.settings.broker_url)
