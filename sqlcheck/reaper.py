@@ -162,15 +162,25 @@ class Sender:
         self.app.send_task(EXPAND_TASK, args=[job_id], queue=ZIP_QUEUE)
 
 
-def reap_once(rt: Runtime, client: redis.Redis, sender: Sender, now: datetime | None = None) -> ReapReport:
-    """One pass over the database; each action is logged on one line."""
+def reap_once(rt: Runtime, client: redis.Redis, sender: Sender, now: datetime | None = None,
+              still_leading: Callable[[], bool] = lambda: True) -> ReapReport:
+    """One pass over the database; each action is logged on one line.
+
+    `still_leading` is asked before each step: a pass that outlasts the leader lock (a slow
+    database, a backlog) stops there instead of acting beside the reaper that took over.
+    """
     now = now or datetime.now(timezone.utc)
     limits = thresholds(rt.settings, now)
     report = ReapReport()
-    _reap_in_progress(rt, client, sender, limits, report)
-    _reap_pending(rt, client, sender, limits, report)
-    _reap_jobs(rt, client, sender, limits, report)
-    _finish_jobs(rt, now, report)
+    steps = (lambda: _reap_in_progress(rt, client, sender, limits, report),
+             lambda: _reap_pending(rt, client, sender, limits, report),
+             lambda: _reap_jobs(rt, client, sender, limits, report),
+             lambda: _finish_jobs(rt, now, report))
+    for i, step in enumerate(steps):
+        if i and not still_leading():
+            log.warning("reaper pass stopped: another reaper leads now (this pass outlasted the lock)")
+            break
+        step()
     return report
 
 
@@ -276,6 +286,11 @@ def _finish_jobs(rt, now: datetime, report: ReapReport) -> None:
 # ---- the loop ---------------------------------------------------------------------------
 
 
+#: renew the lock only if it is still ours, in one step (a GET then an EXPIRE could renew the
+#: lock another reaper took in between)
+_RENEW_IF_MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
+
+
 def _lead(client: redis.Redis, me: str, ttl_s: int) -> bool:
     """True while this reaper leads: it took the lock, or holds it and renews it.
 
@@ -283,11 +298,7 @@ def _lead(client: redis.Redis, me: str, ttl_s: int) -> bool:
     """
     if client.set(REAPER_LOCK, me, nx=True, ex=ttl_s):
         return True
-    holder = client.get(REAPER_LOCK)
-    if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == me:
-        client.expire(REAPER_LOCK, ttl_s)
-        return True
-    return False
+    return bool(client.eval(_RENEW_IF_MINE, 1, REAPER_LOCK, me, ttl_s))
 
 
 def run(rt: Runtime, loop: bool, interval_s: float, stop: Callable[[], bool] = lambda: False) -> ReapReport:
@@ -304,8 +315,9 @@ def run(rt: Runtime, loop: bool, interval_s: float, stop: Callable[[], bool] = l
     while True:
         started = time.monotonic()
         try:
-            if not loop or _lead(client, me, ttl_s=max(2, int(2 * interval_s) + 1)):
-                last = reap_once(rt, client, sender)
+            ttl_s = max(2, int(2 * interval_s) + 1)
+            if not loop or _lead(client, me, ttl_s):
+                last = reap_once(rt, client, sender, still_leading=lambda: not loop or _lead(client, me, ttl_s))
                 counters.bump_many(client, counters.REAPER_ACTIONS,  # for the metrics endpoint
                                    {k: v for k, v in vars(last).items() if isinstance(v, int) and k != "skipped"})
                 if last.acted or not loop:

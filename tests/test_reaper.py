@@ -311,3 +311,13 @@ def test_one_reaper_leads_and_another_takes_over(redis_url):
     client.delete(reaper.REAPER_LOCK)  # as if its TTL ran out after the leader died
     assert reaper._lead(client, "b|2", ttl_s=2)
     _reset_redis(redis_url)
+
+
+def test_a_pass_that_outlasts_the_leader_lock_stops_before_its_next_step(rt, caplog):
+    job_id, ids = _job_with_tasks(rt)  # PENDING: the pass's second step would send them again
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    client.set(reaper.REAPER_LOCK, "other-node|2", ex=60)  # meanwhile another reaper took the lock
+    report = reaper.reap_once(rt, client, reaper.Sender(rt.settings), datetime.now(timezone.utc) + timedelta(seconds=1),
+                              still_leading=lambda: reaper._lead(client, "this-node|1", 60))
+    assert report.resent_tasks == 0 and "another reaper leads now" in caplog.text
+    assert client.get(reaper.REAPER_LOCK) == b"other-node|2" and client.ttl(reaper.REAPER_LOCK) <= 60
