@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import time
 from typing import Sequence
 
 import redis
@@ -26,8 +27,22 @@ from sqlcheck.states import FailureReason
 log = logging.getLogger(__name__)
 
 
-#: Celery ids whose hard timeout was already recorded: Celery 5.7 sends task_failure twice for one
-_timeouts_recorded: dict[str, None] = {}
+#: Celery id -> when its hard timeout was recorded. Celery 5.7 sends task_failure twice for one
+#: timeout, back to back; the same id timing out again later is a new timeout (the reaper
+#: re-sends a file under its own id when recording the first one failed).
+_timeouts_recorded: dict[str, float] = {}
+DUPLICATE_SIGNAL_WINDOW_S = 5.0
+
+
+def first_report_of_timeout(seen: dict[str, float], task_id: str, now: float) -> bool:
+    """True unless this is the duplicate signal of a timeout just recorded; remembers the id."""
+    if now - seen.get(task_id, -DUPLICATE_SIGNAL_WINDOW_S) < DUPLICATE_SIGNAL_WINDOW_S:
+        return False
+    seen.pop(task_id, None)
+    seen[task_id] = now
+    if len(seen) > 1000:
+        seen.pop(next(iter(seen)))  # the oldest
+    return True
 
 
 def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwargs) -> None:
@@ -37,11 +52,10 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwa
     files it had linted but not yet recorded end SUCCESS from their result files, and the files
     it had not started are sent again (the message itself is acked: timeouts are final).
     """
-    if not isinstance(exception, TimeLimitExceeded) or task_id in _timeouts_recorded:
+    if not isinstance(exception, TimeLimitExceeded):
         return
-    _timeouts_recorded[task_id] = None
-    if len(_timeouts_recorded) > 1000:
-        _timeouts_recorded.pop(next(iter(_timeouts_recorded)))
+    if not first_report_of_timeout(_timeouts_recorded, task_id, time.monotonic()):
+        return
     rt = tasks.runtime()
     name = getattr(sender, "name", None)
     target = (args or [task_id])[0]

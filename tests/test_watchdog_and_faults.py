@@ -57,3 +57,18 @@ def test_lint_messages_give_freed_memory_back_and_other_tasks_do_not(monkeypatch
     for name in (LINT_TASK, LINT_BATCH_TASK, EXPAND_TASK, "celery.ping"):
         worker_hooks.on_task_postrun(sender=SimpleNamespace(name=name))
     assert calls == [0, 0]
+
+
+def test_a_hard_timeout_is_recorded_once_per_timeout_not_once_per_celery_id():
+    """Celery sends task_failure twice for one hard timeout, back to back: the second is ignored.
+    The same id timing out again later (a re-sent file keeps its id) is recorded again."""
+    from sqlcheck.worker_hooks import DUPLICATE_SIGNAL_WINDOW_S, first_report_of_timeout
+
+    seen: dict[str, float] = {}
+    assert first_report_of_timeout(seen, "t1", 100.0)
+    assert not first_report_of_timeout(seen, "t1", 100.01)  # the duplicate signal
+    assert first_report_of_timeout(seen, "t2", 100.02)
+    assert first_report_of_timeout(seen, "t1", 100.0 + 60 + DUPLICATE_SIGNAL_WINDOW_S)  # a later timeout
+    for i in range(1100):
+        first_report_of_timeout(seen, f"x{i}", 200.0 + i)
+    assert len(seen) <= 1000 and "t1" not in seen
