@@ -418,14 +418,21 @@ def reload(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_di
     plan = make_plan(settings, bin_dir)
     write_config(plan)
     added, changed, removed = sup.reload_config()
+    gone: list[str] = []
     for group in removed + changed:
         say(f"stopping group {group} (warm)")
         with _already_stopped_is_fine():
             sup.stop_group(group, wait=False)
         longest = max((s.stopwaitsecs for s in programs(plan)), default=60)
         if not _wait_group_stopped(sup, group, time.monotonic() + longest + 15, say):
-            raise ControlError(f"group {group} did not stop in time; nothing was replaced")
+            replaced = [g for g in gone if g in changed]
+            for g in replaced:  # stopped already: they run again, with their new configuration
+                sup.add_group(g)
+            done = f" (replaced before it: {', '.join(replaced)})" if replaced else ""
+            raise ControlError(f"group {group} did not stop within {longest + 15} s and is still stopping; "
+                               f"run `sqlcheckctl reload` again once `status` shows it stopped{done}")
         sup.remove_group(group)
+        gone.append(group)
     for group in changed + added:
         say(f"adding group {group} with its new configuration")
         sup.add_group(group)
