@@ -37,6 +37,24 @@ def wait_until(condition: Callable[[], object], timeout_s: float, what: str, int
         time.sleep(interval_s)
 
 
+def run_tool(argv: list[str], timeout_s: float, cleanup_s: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for bin/chaos and bin/bench, whose clean-up (the services they started) runs
+    on SIGTERM: at the timeout they get SIGTERM and `cleanup_s` to stop what they started, where
+    subprocess.run's SIGKILL would leave supervisord nodes and private servers running."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=cleanup_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(f"{argv[0]} did not finish within {timeout_s}s (stopped):\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 class WorkerProcess:
     """A real `sqlcheckctl worker` subprocess, stopped by pid (never by name)."""
 
@@ -75,6 +93,10 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        try:  # pool children that outlived their main process (one killed alone) are still in its group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.log_file.close()
         return self.proc.returncode
 

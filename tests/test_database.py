@@ -29,6 +29,7 @@ def test_concurrent_upgrades_of_a_fresh_database_all_succeed():
             t.start()
         for t in threads:
             t.join(60)
+        assert not any(t.is_alive() for t in threads), "an upgrade hung"
         assert errors == []
         engine = create_engine(url)
         with engine.connect() as conn:

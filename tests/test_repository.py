@@ -332,6 +332,7 @@ def test_two_last_finishers_finalize_exactly_once(pg_db):
             t.start()
         for t in threads:
             t.join(30)
+        assert not any(t.is_alive() for t in threads), f"round {round_no}: a finisher hung"
         assert not errors, errors
         assert len(finalizers) == 1, f"round {round_no}: finalized by {finalizers}"
         row = job_row(db, job_id)

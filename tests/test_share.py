@@ -156,25 +156,31 @@ def test_a_row_names_a_share_file_only_after_the_file_was_synced(rt, monkeypatch
     that names a file the disk never got."""
     from sqlcheck import repository as repo
     from sqlcheck import workflow
+    from sqlcheck.models import Task
     from sqlcheck.states import FailureReason, TaskStatus
     from tests.helpers import make_zip
 
-    synced: set[str] = set()
+    synced: set[str] = set()  # the files on the share at the latest sync
     real_sync = rt.share.sync_to_disk
 
+    def no_row_ahead_of_the_disk():
+        with rt.db.session() as s:
+            tasks = s.query(Task).all()
+        assert all(t.source_file_path in synced for t in tasks)
+        assert all(t.result_file_path in synced for t in tasks if t.status == TaskStatus.SUCCESS.value)
+
     def sync_and_note():
-        real_sync()
+        no_row_ahead_of_the_disk()  # a commit before its sync is caught here, a commit with none below
+        real_sync()  # (the spy calls the real syncfs: only what was synced when is observed)
         synced.update(p.relative_to(rt.share.root).as_posix() for p in rt.share.root.rglob("*") if p.is_file())
 
     monkeypatch.setattr(rt.share, "sync_to_disk", sync_and_note)
 
     def rows_name_only_synced_files(job_id):
+        no_row_ahead_of_the_disk()
         with rt.db.session() as s:
             tasks = repo.list_tasks(s, job_id)
-        assert tasks and all(t.source_file_path in synced for t in tasks)
-        done = [t for t in tasks if t.status == TaskStatus.SUCCESS.value]
-        assert all(t.result_file_path in synced for t in done)
-        return tasks, len(done)
+        return tasks, sum(t.status == TaskStatus.SUCCESS.value for t in tasks)
 
     files = {f"f{i}.sql": f"select a{i} from t\n" for i in range(3)}
 

@@ -22,9 +22,20 @@ def test_fault_directives_parse_and_typos_are_refused():
         faults.parse("-- sqlcheck-fault: sleep=3")
 
 
-def test_faults_are_inert_without_the_switch(monkeypatch):
-    monkeypatch.delenv(faults.ENV, raising=False)
-    faults.inject("-- sqlcheck-fault: kill_self=1\n")  # would SIGKILL this test process if active
+@pytest.mark.parametrize("switch,killed", [(None, False), ("0", False), ("1", True)])
+def test_faults_are_inert_without_the_switch(switch, killed):
+    """In a process of its own: with the switch on, the directive really kills it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != faults.ENV}
+    if switch is not None:
+        env[faults.ENV] = switch
+    code = "from sqlcheck import faults; faults.inject('-- sqlcheck-fault: kill_self=1\\n'); print('alive')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (out.returncode == -signal.SIGKILL, "alive" in out.stdout) == (killed, not killed), out.stderr
 
 
 def _doc(states, pings, sup=None):

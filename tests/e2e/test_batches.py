@@ -64,8 +64,11 @@ def test_a_file_locked_elsewhere_is_sent_on_alone_and_waits(pg_stack):
     job_id = pg_stack.submit(make_zip(files))  # queued: no worker yet
     held = repo.task_id_for(job_id, "f1.sql")
     client = redis.Redis.from_url(pg_stack.settings.broker_url)
-    client.set(lock_key(held), "other@node|1|token", ex=3)  # another node's live delivery, for 3 s
+    client.set(lock_key(held), "other@node|1|token", ex=300)  # another node's live delivery
     worker = pg_stack.start_worker(concurrency=1, extra_env={**BATCHES, "SQLCHECK_LOCK_RETRY_DELAY_S": "1"})
+    wait_until(lambda: f"task={held} is being linted elsewhere; checking again" in worker.log(), 60,
+               "the file sent on alone waiting for the lock")
+    client.delete(lock_key(held))  # that delivery ends (its lock would expire)
     view = pg_stack.wait_job(job_id, 60)
     assert view["status"] == "SUCCESS" and all(t["attempts"] == 1 for t in view["tasks"])
     log = worker.log()

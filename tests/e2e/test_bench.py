@@ -5,9 +5,10 @@ figure issue 5 asks for. A small corpus and one repetition: the figures are not 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.helpers import run_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,10 +27,10 @@ FIGURES = [
 
 
 def test_bench_runs_and_prints_every_figure():
-    proc = subprocess.run(
+    proc = run_tool(
         [sys.executable, "-m", "sqlcheck.bench", "--reps", "1", "--dialects", "ansi", "--corpus", "tests/corpus",
          "--large-lines", "40", "--small-files", "200"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        timeout_s=240, cleanup_s=40, cwd=REPO,  # within the suite's 300 s per test
     )
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]

@@ -6,10 +6,11 @@ mid-job. Nothing may be lost, doubled or stuck, and the job is finalized once.
 """
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
                     reason="needs redis-server, initdb and pg_ctl for the private servers")
 @pytest.mark.timeout(240)
 def test_short_chaos_run_loses_nothing():
-    out = subprocess.run([str(ROOT / "bin" / "chaos"), "--files", "120", "--child-kills", "4", "--timeout", "180"],
-                         capture_output=True, text=True, timeout=230)
+    out = run_tool([str(ROOT / "bin" / "chaos"), "--files", "120", "--child-kills", "4", "--timeout", "180"],
+                   timeout_s=200, cleanup_s=30)
     line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
     assert out.returncode == 0, f"{line}\n{out.stderr[-4000:]}"
     figures = dict(part.split("=", 1) for part in line.split() if "=" in part)

@@ -188,8 +188,11 @@ def test_reaper_resends_the_task_of_a_killed_host(tmp_path, redis_url, pg_server
                         SQLCHECK_VISIBILITY_TIMEOUT_S="3600", SQLCHECK_REAPER_INTERVAL_S="1")
     reaper = None
     try:
-        doomed = stack.start_worker(queues="sql_analysis", concurrency=1, name="doomed@h1")
-        job_id = stack.submit(make_zip({"slow.sql": SLOW_SQL[: len(SLOW_SQL) // 3]}))
+        # the doomed host takes 5 s on the file (the fault; the rescuer has faults off), so the kill
+        # lands while it is IN_PROGRESS however fast this machine lints
+        doomed = stack.start_worker(queues="sql_analysis", concurrency=1, name="doomed@h1",
+                                    extra_env={"SQLCHECK_ENABLE_FAULTS": "1"})
+        job_id = stack.submit(make_zip({"slow.sql": "-- sqlcheck-fault: sleep_s=5\n" + SLOW_SQL[: len(SLOW_SQL) // 3]}))
         sender = Sender(stack.settings)
         _expand_without_sending(stack, job_id, lambda messages: sender.lint([t for m in messages for t in m]))
         wait_until(lambda: _view(stack, job_id)["tasks"][0]["status"] == "IN_PROGRESS", 30, "the task running")
@@ -209,6 +212,10 @@ def test_reaper_resends_the_task_of_a_killed_host(tmp_path, redis_url, pg_server
     finally:
         if reaper:
             reaper.terminate()
-            reaper.wait(10)
+            try:
+                reaper.wait(10)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
+                reaper.wait(10)
         for worker in stack.workers:
             worker.stop()

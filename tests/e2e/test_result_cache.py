@@ -7,6 +7,7 @@ import redis
 from sqlcheck.reports import job_report
 from sqlcheck.result_cache import INDEX_KEY, CachedResult, ResultCache, cache_key
 from sqlcheck.share import SharePaths
+from tests.conftest import _reset_redis
 from tests.helpers import make_zip
 
 FILES = {
@@ -31,6 +32,7 @@ def test_cache_key_changes_with_content_dialect_options_and_parser():
 
 
 def test_cache_is_capped_and_evicts_the_oldest(redis_url):
+    _reset_redis(redis_url)  # no entry of an earlier test counts against the cap, and none is left after
     client = redis.Redis.from_url(redis_url)
     cache = ResultCache(client, ttl_s=60, max_entries=3)
     keys = [cache_key(f"SELECT {i}\n".encode(), "ansi", (), "python") for i in range(5)]
@@ -40,6 +42,7 @@ def test_cache_is_capped_and_evicts_the_oldest(redis_url):
     assert cache.get(keys[0]) is None and cache.get(keys[1]) is None
     assert cache.get(keys[4]).violations == [{"code": "LT01", "n": 4}]
     assert 0 < client.ttl(keys[4]) <= 60
+    _reset_redis(redis_url)
 
 
 def _results(stack, view):
@@ -80,8 +83,8 @@ def test_identical_resubmission_is_served_from_the_cache(pg_stack):
 
 
 def test_deferred_puts_are_stored_together_at_the_end_and_seen_inside(redis_url):
+    _reset_redis(redis_url)
     client = redis.Redis.from_url(redis_url)
-    client.delete(INDEX_KEY)
     cache = ResultCache(client, ttl_s=60, max_entries=2)
     keys = [cache_key(f"SELECT {i}\n".encode(), "ansi", (), "python") for i in range(3)]
     with cache.deferred_puts():

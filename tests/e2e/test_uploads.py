@@ -140,6 +140,7 @@ def test_unsafe_members_fail_and_nothing_is_written_outside_the_job(pg_stack, tm
         for name in (slip_near, slip_deep, absolute, "C:\\Windows\\evil.sql"):
             zf.writestr(zipfile.ZipInfo(name), "DROP TABLE users;\n")
         zf.writestr("ok.sql", "SELECT 1\n")
+    Path("/tmp/slip-deep.sql").unlink(missing_ok=True)
     pg_stack.start_worker()
     before = tree(tmp_path)
     job_id = pg_stack.submit(buf.getvalue())
@@ -151,6 +152,7 @@ def test_unsafe_members_fail_and_nothing_is_written_outside_the_job(pg_stack, tm
         assert (t["status"], t["failure_reason"], t["source_file_path"]) == ("FAILURE", "unsafe_member", None), member
     assert tasks["ok.sql"]["status"] == "SUCCESS"
     assert list(outside.iterdir()) == []
+    assert not Path("/tmp/slip-deep.sql").exists()  # where slip_deep would land from any depth
     new = tree(tmp_path) - before
     job_prefix = f"share/jobs/{job_id}/"
     stray = [p for p in new if not p.startswith((job_prefix, "share/uploads/", "home/")) and not p.endswith(".log")

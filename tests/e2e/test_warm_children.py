@@ -17,9 +17,11 @@ def test_replaced_children_inherit_the_warm_dialects(stack):
     files = {f"q{i}.sql": f"select a{i}::int from t where b = 'x'\n" for i in range(3)}
     view = stack.wait_job(stack.submit(make_zip(files), dialect="postgres"), 90)
     assert view["status"] == "SUCCESS" and view["succeeded_tasks"] == 3
-    log = worker.log()
     wait_until(lambda: len(re.findall(r"process_sql_file\[[^\]]+\] succeeded", worker.log())) == 3, 10,
                "3 lint messages done")
+    log = worker.log()
+    linted_by = re.findall(r"ForkPoolWorker-\d+\[(\d+)\] sqlcheck\.workflow: job=\S+ task=\S+ lint started", log)
+    assert len(linted_by) == 3 and len(set(linted_by)) == 3, linted_by  # a new child for each message
     built = re.findall(r"(\S+)\[\d+\] sqlcheck\.lint_engine: linter for dialect (\w+) built", log)
     # built once each, by the main process, although three children were replaced
     assert sorted(built) == [("MainProcess", "ansi"), ("MainProcess", "postgres")], built
