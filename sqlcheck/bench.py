@@ -482,14 +482,10 @@ def med(values):
     return statistics.median(values) if values else float("nan")
 
 
-def _terminate(signum, _frame) -> None:
-    raise SystemExit(f"bin/bench: stopped by signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    import signal
+    from sqlcheck.chaos_services import stop_on_sigterm
 
-    signal.signal(signal.SIGTERM, _terminate)  # `timeout` or Ctrl-C still stops the services
+    stop_on_sigterm("bin/bench")  # `timeout` or a test's deadline still stops the services
     ap = argparse.ArgumentParser(prog="bin/bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions of (a)/(b)/(c), medians taken (default 3)")
     ap.add_argument("--dialects", default="ansi,postgres,mysql", help="comma list (default ansi,postgres,mysql)")

@@ -29,7 +29,7 @@ from typing import Callable
 
 import psutil
 
-from sqlcheck.chaos_services import PrivatePostgres, PrivateRedis
+from sqlcheck.chaos_services import PrivatePostgres, PrivateRedis, stop_on_sigterm
 
 SQLCHECKCTL = str(Path(sys.executable).parent / "sqlcheckctl")
 #: one statement lints in about 50 ms: a few per file keeps the job running while faults land
@@ -215,7 +215,7 @@ def run(plan: ChaosPlan, say: Callable[[str], None] = print) -> Figures:
         _inject_faults(plan, rng, db, job_id, nodes, redis, pg, figures, say)
         status = _wait_terminal(db, job_id, started + plan.timeout_s, say)
         figures.seconds = time.monotonic() - started
-        time.sleep(2)  # let the finishing writes (summary.json) land
+        _wait_for_log(nodes, f"job={job_id} {status}: ", time.monotonic() + 30)  # logged after the commit
         _check(db, settings, job_id, plan, nodes, status, figures)
         db.engine.dispose()
         return figures
@@ -294,6 +294,13 @@ def _wait_terminal(db, job_id: str, deadline: float, say) -> str:
     return "TIMEOUT"
 
 
+def _wait_for_log(nodes, text: str, deadline: float) -> None:
+    """Until a node's log has `text` (supervisord writes the workers' lines after they happen), or
+    the deadline: the check then says what is missing."""
+    while time.monotonic() < deadline and not any(text in n.logs() for n in nodes):
+        time.sleep(0.2)
+
+
 def success_writes(success_ids: set[str], result_names: set[str], logs: str) -> tuple[int, int]:
     """(duplicates, unlogged) of a job's SUCCESS writes.
 
@@ -368,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = ChaosPlan(files=args.files, statements_per_file=args.statements, child_kills=args.child_kills,
                      concurrency=args.concurrency, timeout_s=args.timeout, seed=args.seed, keep=args.keep)
+    stop_on_sigterm("bin/chaos")
     figures = run(plan, say=lambda line: print(line, file=sys.stderr, flush=True))
     for problem in figures.problems:
         print(f"problem: {problem}", file=sys.stderr)

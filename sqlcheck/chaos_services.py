@@ -21,6 +21,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_on_sigterm(prog: str) -> None:
+    """SIGTERM (`timeout`, a test's deadline) raises SystemExit, so the tool's `finally` stops the
+    services it started instead of leaving them running."""
+    def stop(signum, _frame):
+        raise SystemExit(f"{prog}: stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def postgres_program(name: str) -> str | None:
+    """initdb / pg_ctl: on PATH, else where Debian's packages keep them, off PATH
+    (/usr/lib/postgresql/<version>/bin; the newest version)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = [p for p in Path("/usr/lib/postgresql").glob(f"*/bin/{name}") if p.parent.parent.name.isdigit()]
+    return str(max(versions, key=lambda p: int(p.parent.parent.name))) if versions else None
+
+
 def _wait_port(port: int, up: bool, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -95,18 +114,18 @@ class PrivatePostgres:
                 if parent == Path("/"):
                     break
                 os.chmod(parent, os.stat(parent).st_mode | 0o011)
-        self._run(shutil.which("initdb") or "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
+        self._run(postgres_program("initdb") or "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "--no-sync", "-E", "UTF8")
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        self._run(shutil.which("pg_ctl") or "pg_ctl", "-D", str(self.data), "-o", opts,
+        self._run(postgres_program("pg_ctl") or "pg_ctl", "-D", str(self.data), "-o", opts,
                   "-l", str(self.dir / "postgres.log"), "-w", "start")
         _wait_port(self.port, up=True)
 
     def stop(self, mode: str = "immediate") -> None:
         """`immediate` is a crash (no shutdown checkpoint); every client connection breaks."""
-        self._run(shutil.which("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+        self._run(postgres_program("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
         _wait_port(self.port, up=False)
 
     def restart(self, down_s: float = 0.0) -> None:

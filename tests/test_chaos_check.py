@@ -27,3 +27,17 @@ def test_a_success_row_with_its_file_but_no_line_is_unlogged_not_a_fault():
 def test_a_success_row_without_line_or_file_is_not_counted_as_unlogged():
     # the missing result file is reported by its own check; it must not pass as a lost log line
     assert success_writes({"a"}, set(), "") == (0, 0)
+
+
+def test_postgres_programs_are_found_off_path(monkeypatch):
+    """Debian keeps initdb and pg_ctl in /usr/lib/postgresql/<version>/bin, off PATH: the chaos
+    test and the outage tests must find them there rather than skip or fail."""
+    from pathlib import Path
+
+    from sqlcheck.chaos_services import postgres_program
+
+    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    found = postgres_program("initdb")
+    assert found == (str(max(installed, key=lambda p: int(p.parent.parent.name))) if installed else None)
+    assert postgres_program("no-such-program") is None
