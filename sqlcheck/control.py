@@ -8,6 +8,8 @@ configuration comes from `supervisor_config`, the daemon is driven through
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
 import shutil
 import signal
@@ -122,6 +124,40 @@ def _prepare_dirs(paths: SupervisorPaths) -> None:
     paths.run_dir.chmod(0o700)
 
 
+# ---- one control command at a time ------------------------------------------------
+
+#: how many one_at_a_time calls this process is inside (restart calls start)
+_lock_depth = 0
+
+
+def one_at_a_time(command):
+    """start, stop, restart and reload of one SQLCHECK_HOME never run at once: two starts both saw
+    supervisord down and both spawned one (the second then failed, "did not start", while the
+    first ran), and a start during a warm stop raced it. A flock on run/sqlcheckctl.lock, freed
+    by the kernel when the process ends, however it ends; a second command fails at once."""
+
+    @functools.wraps(command)
+    def locked(settings: Settings, *args, **kwargs):
+        global _lock_depth
+        if _lock_depth:
+            return command(settings, *args, **kwargs)
+        paths = RenderPlan(settings, venv_bin_dir()).paths
+        paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(paths.run_dir / "sqlcheckctl.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ControlError(f"another sqlcheckctl start, stop, restart or reload is running for "
+                                   f"{paths.home}; run this one when it has finished") from None
+            _lock_depth += 1
+            try:
+                return command(settings, *args, **kwargs)
+            finally:
+                _lock_depth -= 1
+
+    return locked
+
+
 # ---- small queries ----------------------------------------------------------------
 
 
@@ -228,6 +264,7 @@ def wait_ready(settings: Settings, plan: RenderPlan, sup: Supervisor, deadline: 
         time.sleep(0.5)
 
 
+@one_at_a_time
 def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir: Path | None = None) -> StartResult:
     """Render, migrate, start supervisord daemonised, wait until all is up. Idempotent."""
     from sqlcheck.database import upgrade_schema
@@ -324,6 +361,7 @@ def _wait_pid_gone(pid: int, timeout_s: float) -> bool:
         return False
 
 
+@one_at_a_time
 def stop(settings: Settings, timeout_s: float | None = None, say: Say = _quiet) -> StopResult:
     """Warm stop: workers finish their files (unstarted messages stay in Redis), then supervisord exits.
 
@@ -369,6 +407,7 @@ def stop(settings: Settings, timeout_s: float | None = None, say: Say = _quiet) 
 # ---- restart / reload ---------------------------------------------------------------
 
 
+@one_at_a_time
 def restart(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_dir: Path | None = None) -> list[str]:
     """Rolling: one program after the other, each warm-stopped, started and pinged before the next."""
     sup = supervisor_for(settings)
@@ -406,6 +445,7 @@ class ReloadResult:
     removed: list[str]
 
 
+@one_at_a_time
 def reload(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_dir: Path | None = None) -> ReloadResult:
     """Re-render and apply only what changed: supervisord compares groups; unchanged ones keep running.
 

@@ -58,3 +58,18 @@ def test_submit_wait_json_timeout_and_report_to_a_bad_path(rt, tmp_path):
     _one_line_error(out, "cannot write", "No such file or directory")
     assert _ctl(rt, "report", job_id, "-f", "sarif", "-o", str(tmp_path / "r.sarif")).returncode == 0
     assert '"version":"2.1.0"' in (tmp_path / "r.sarif").read_text().replace(" ", "")
+
+
+def test_control_commands_of_one_home_run_one_at_a_time(rt):
+    """While one start/stop/restart/reload holds the home (here: this test holds its lock), another
+    fails at once with a clear line, and starts no second supervisord."""
+    import fcntl
+
+    run_dir = rt.settings.home.resolve() / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "sqlcheckctl.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for command in ("start", "stop", "restart", "reload"):
+            _one_line_error(_ctl(rt, command), "another sqlcheckctl start, stop, restart or reload is running")
+        assert not (run_dir / "supervisord.pid").exists()
+    assert _ctl(rt, "stop").stdout.strip() == "sqlcheck is not running"  # the lock is free again
