@@ -27,6 +27,21 @@ def member_uri(member: str) -> str:
     return quote(member, safe="/")
 
 
+#: Python codec names that differ from their IANA charset name (SARIF's artifact.encoding)
+_IANA = {"utf-8-sig": "UTF-8", "cp1250": "windows-1250", "cp1251": "windows-1251", "cp1252": "windows-1252",
+         "cp1253": "windows-1253", "cp1254": "windows-1254", "cp1255": "windows-1255", "cp1256": "windows-1256",
+         "cp1257": "windows-1257", "cp1258": "windows-1258", "shift_jis": "Shift_JIS", "big5": "Big5",
+         "latin_1": "ISO-8859-1"}
+
+
+def iana_charset(codec: str) -> str:
+    """The IANA name of the codec that decoded a file (the result files keep Python's name)."""
+    name = codec.lower()
+    if name.startswith("iso8859"):  # iso8859_5 -> ISO-8859-5
+        return "ISO-8859-" + name[len("iso8859"):].lstrip("-_")
+    return _IANA.get(name) or name.replace("_", "-").upper()
+
+
 def _level(violation: dict[str, Any]) -> str:
     return "warning" if violation.get("warning") else "error"
 
@@ -76,7 +91,7 @@ def sarif_document(summary: dict[str, Any], results: Iterable[dict[str, Any]]) -
         member = doc["archive_member"]
         artifact: dict[str, Any] = {"location": {"uri": member_uri(member), "uriBaseId": ARCHIVE_ROOT}}
         if doc.get("encoding"):
-            artifact["encoding"] = doc["encoding"]
+            artifact["encoding"] = iana_charset(doc["encoding"])
         artifacts.append(artifact)
         for v in doc["violations"]:
             rules.setdefault(v["code"], _rule(v))

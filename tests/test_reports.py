@@ -164,3 +164,11 @@ def test_sarif_positions_start_at_one_even_for_a_templater_error():
         {"archive_member": "fmt.sql", "encoding": "utf-8", "violations": violations + [no_line]}])
     regions = [loc["physicalLocation"].get("region") for r in doc["runs"][0]["results"] for loc in r["locations"]]
     assert regions == [{"startLine": 1}, None]
+
+
+@pytest.mark.parametrize("codec,iana", [("utf-8", "UTF-8"), ("utf-8-sig", "UTF-8"), ("gb18030", "GB18030"),
+                                        ("utf-16", "UTF-16"), ("cp1252", "windows-1252"), ("euc_kr", "EUC-KR"),
+                                        ("iso8859_5", "ISO-8859-5")])
+def test_sarif_artifact_encodings_are_iana_names(codec, iana):
+    doc = sarif_document({**SUMMARY, "files": []}, [{"archive_member": "a.sql", "encoding": codec, "violations": []}])
+    assert doc["runs"][0]["artifacts"][0]["encoding"] == iana
