@@ -50,6 +50,7 @@ class Submitter:
             raise UserInputError(f"{zip_file}: no such file")
         job_id = str(uuid.uuid4())
         rel = store_upload(self.share, job_id, zip_file)
+        self.share.sync_to_disk()  # the row about to name it
         try:
             with self.db.session() as s:
                 repo.insert_job(s, job_id, rel, dialect, options)

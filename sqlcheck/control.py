@@ -130,20 +130,29 @@ def _prepare_dirs(paths: SupervisorPaths) -> None:
 _lock_depth = 0
 
 
-def one_at_a_time(command):
+def one_at_a_time(command=None, *, makes_home: bool = False):
     """start, stop, restart and reload of one SQLCHECK_HOME never run at once: two starts both saw
     supervisord down and both spawned one (the second then failed, "did not start", while the
     first ran), and a start during a warm stop raced it. A flock on run/sqlcheckctl.lock, freed
-    by the kernel when the process ends, however it ends; a second command fails at once."""
+    by the kernel when the process ends, however it ends; a second command fails at once.
+    `makes_home`: the command creates SQLCHECK_HOME (start); the others, on a home never
+    started, have nothing to race and create nothing."""
+    if command is None:
+        return functools.partial(one_at_a_time, makes_home=makes_home)
 
     @functools.wraps(command)
     def locked(settings: Settings, *args, **kwargs):
         global _lock_depth
-        if _lock_depth:
-            return command(settings, *args, **kwargs)
         paths = RenderPlan(settings, venv_bin_dir()).paths
-        paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(paths.run_dir / "sqlcheckctl.lock", "a") as lock:
+        if _lock_depth or not (makes_home or paths.run_dir.is_dir()):
+            return command(settings, *args, **kwargs)
+        try:
+            paths.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock = open(paths.run_dir / "sqlcheckctl.lock", "a")
+        except OSError as exc:
+            raise ControlError(f"cannot use {paths.run_dir}: {exc.strerror} (run sqlcheckctl as the user that "
+                               "owns SQLCHECK_HOME)") from None
+        with lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -264,7 +273,7 @@ def wait_ready(settings: Settings, plan: RenderPlan, sup: Supervisor, deadline: 
         time.sleep(0.5)
 
 
-@one_at_a_time
+@one_at_a_time(makes_home=True)
 def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir: Path | None = None) -> StartResult:
     """Render, migrate, start supervisord daemonised, wait until all is up. Idempotent."""
     from sqlcheck.database import upgrade_schema

@@ -255,10 +255,10 @@ def _reap_jobs(rt, client, sender, limits: Thresholds, report: ReapReport) -> No
         if action == "skip":
             report.skipped += 1
         elif action == "fail":
-            workflow.fail_job(rt, job_id, f"the archive was never expanded: its message was re-sent {resends} times "
-                                          "and lost each time (zip workers down?)")
-            report.failed_jobs += 1
-            report.note(f"job={job_id} FAILED: expand message lost {resends} times")
+            if workflow.fail_job(rt, job_id, f"the archive was never expanded: its message was re-sent {resends} "
+                                             "times and lost each time (zip workers down?)"):
+                report.failed_jobs += 1
+                report.note(f"job={job_id} FAILED: expand message lost {resends} times")
         else:
             sender.expand(job_id)
             client.set(key, resends + 1, ex=86_400)

@@ -206,11 +206,20 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
     session.execute(insert(Task.__table__).on_conflict_do_nothing(), rows)
 
 
-def create_tasks(session: Session, job_id: str, new_tasks: Sequence[NewTask]) -> int:
+def create_tasks(session: Session, job_id: str, new_tasks: Sequence[NewTask]) -> int | None:
     """Insert one row per file (rejected ones directly as FAILURE) and set the job's total.
 
-    Re-running it for the same job inserts nothing new. Returns the job's task total.
+    Re-running it for the same job inserts nothing new. Returns the job's task total, or None
+    (and inserts nothing) when the job is no longer PROCESSING: a hard time limit or a memory
+    kill failed it while this expansion was still running. The first statement takes the job's
+    row, so fail_job and this transaction cannot cross (fail_job refuses a job with rows).
     """
+    still_ours = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.PROCESSING.value)
+        .values(total_tasks=Job.total_tasks)
+    ).rowcount
+    if not still_ours:
+        return None
     now = utcnow()
     rows = []
     for t in new_tasks:

@@ -31,7 +31,8 @@ def member_uri(member: str) -> str:
 _IANA = {"utf-8-sig": "UTF-8", "cp1250": "windows-1250", "cp1251": "windows-1251", "cp1252": "windows-1252",
          "cp1253": "windows-1253", "cp1254": "windows-1254", "cp1255": "windows-1255", "cp1256": "windows-1256",
          "cp1257": "windows-1257", "cp1258": "windows-1258", "shift_jis": "Shift_JIS", "big5": "Big5",
-         "latin_1": "ISO-8859-1"}
+         "latin_1": "ISO-8859-1",
+         "ascii": "US-ASCII", "cp932": "Windows-31J", "mac_roman": "macintosh"}
 
 
 def iana_charset(codec: str) -> str:

@@ -76,6 +76,8 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwa
             workflow.fail_job(rt, target, f"expanding the archive took longer than {limit} s")
     except Exception:
         log.exception("task=%s could not record the hard time limit", task_id)
+    finally:  # Celery's second signal comes after this handler returns, however long it took
+        _timeouts_recorded[task_id] = time.monotonic()
 
 
 def warm_linter(dialects: Sequence[str] = ()) -> None:

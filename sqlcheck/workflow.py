@@ -90,6 +90,7 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
             log.info("job=%s expand: already %s; duplicate message ignored", job_id, job.status)
             return
         if not repo.claim_job(s, job_id):  # a status outside the contract (say, the web service's own)
+            s.refresh(job)
             log.error("job=%s expand: status %r is neither PENDING nor PROCESSING; message dropped", job_id, job.status)
             return
         source_path, dialect_raw, options_raw = job.source_path, job.dialect, job.options
@@ -138,6 +139,10 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
     rt.share.sync_to_disk()  # the rows say every source is on the share
     with rt.db.session() as s:
         total = repo.create_tasks(s, job_id, new_tasks)
+    if total is None:  # failed meanwhile (hard limit, memory): its files must not be left behind
+        shutil.rmtree(rt.share.source_dir(job_id), ignore_errors=True)
+        log.warning("job=%s ended while it was being expanded; no task rows written", job_id)
+        return
     cached, written = _serve_from_cache(rt, job_id, dialect_raw, options_raw, expansion.members)
     sent, messages = send_undispatched(rt, job_id, send)
     rejected = sum(1 for m in expansion.members if m.rejected)
@@ -254,7 +259,7 @@ def send_undispatched(rt: Runtime, job_id: str, send: SendLintMessages) -> tuple
     return sent_files, sent_messages
 
 
-def fail_job(rt: Runtime, job_id: str, message: str) -> None:
+def fail_job(rt: Runtime, job_id: str, message: str) -> bool:
     """PROCESSING/PENDING -> FAILED, unless the job has its task rows already. Before the commit,
     the sources written so far are removed and summary.json is written: whoever sees FAILED sees
     the job's final files.
@@ -270,11 +275,12 @@ def fail_job(rt: Runtime, job_id: str, message: str) -> None:
                 shutil.rmtree(rt.share.source_dir(job_id), ignore_errors=True)
                 write_summary(rt, job_id, s)
             log.warning("job=%s FAILED: %s", job_id, message)
-            return
+            return True
         job = repo.get_job(s, job_id)
         if job is not None and job.total_tasks and job.status not in {j.value for j in TERMINAL_JOB_STATES}:
             log.warning("job=%s not failed although %s: its %d task rows were written, so it ends from "
                         "its files (the reaper sends any not sent)", job_id, message, job.total_tasks)
+    return False
 
 
 # ---- lint one file ---------------------------------------------------------------

@@ -95,6 +95,21 @@ def finalize(db, job_id) -> bool:
 # ---- jobs ------------------------------------------------------------------------------
 
 
+def test_no_task_rows_for_a_job_failed_while_it_was_being_expanded(db):
+    """The zip child's hard limit or memory kill fails the job from the main process while the
+    child may still reach create_tasks: it must not add rows (and messages) to a FAILED job."""
+    job_id = str(uuid.uuid4())
+    with db.session() as s:
+        repo.insert_job(s, job_id, "uploads/a.zip", None, None)
+        repo.claim_job(s, job_id)
+    with db.session() as s:
+        assert repo.fail_job(s, job_id, "expanding the archive took longer than 60 s")
+    with db.session() as s:
+        assert repo.create_tasks(s, job_id, [repo.NewTask("a.sql", "jobs/x/sources/a.sql", 9, "00", None, None)]) is None
+    with db.session() as s:
+        assert repo.list_tasks(s, job_id) == [] and repo.get_job(s, job_id).total_tasks == 0
+
+
 def test_claim_job_moves_pending_to_processing_once_terminal_stays(db):
     job_id = str(uuid.uuid4())
     with db.session() as s:
@@ -349,6 +364,7 @@ def test_undispatched_tasks_come_largest_first(db):
     sizes = {"a.sql": 10, "b.sql": 90_000, "c.sql": 500, "d.sql": 500}
     with db.session() as s:
         repo.insert_job(s, job_id, f"uploads/{job_id}.zip", None)
+        repo.claim_job(s, job_id)
     with db.session() as s:
         repo.create_tasks(s, job_id, [repo.NewTask(m, f"jobs/x/sources/{m}", n, "0" * 64) for m, n in sizes.items()])
         pending = [t for t, _ in repo.undispatched_tasks(s, job_id)]

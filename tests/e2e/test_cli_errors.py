@@ -73,3 +73,9 @@ def test_control_commands_of_one_home_run_one_at_a_time(rt):
             _one_line_error(_ctl(rt, command), "another sqlcheckctl start, stop, restart or reload is running")
         assert not (run_dir / "supervisord.pid").exists()
     assert _ctl(rt, "stop").stdout.strip() == "sqlcheck is not running"  # the lock is free again
+
+
+def test_stop_on_a_home_never_started_creates_nothing(rt, tmp_path):
+    home = tmp_path / "never-started"
+    out = _ctl(rt, "stop", SQLCHECK_HOME=str(home))
+    assert out.returncode == 0 and out.stdout.strip() == "sqlcheck is not running" and not home.exists()
