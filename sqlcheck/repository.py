@@ -298,6 +298,7 @@ class ClaimedTask:
     archive_member: str
     source_file_path: str | None
     attempts: int  # including this one
+    content_sha256: str | None  # of the file as the archive held it
 
 
 # The per-file statements are built once: constructing a statement costs more Python time
@@ -310,7 +311,7 @@ _CLAIM = (
     .where(Task.id == bindparam("task_id"), _TASK_IS_OPEN, Task.attempts < bindparam("max_attempts"))
     .values(status=TaskStatus.IN_PROGRESS.value, attempts=Task.attempts + 1, started_at=bindparam("now"),
             worker_hostname=bindparam("hostname"))
-    .returning(Task.job_id, Task.archive_member, Task.source_file_path, Task.attempts)
+    .returning(Task.job_id, Task.archive_member, Task.source_file_path, Task.attempts, Task.content_sha256)
 )
 
 

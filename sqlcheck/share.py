@@ -93,15 +93,15 @@ class SharePaths:
         return f"uploads/{job_id}.zip"
 
     def sync_to_disk(self) -> None:
-        """Make every file written on the share so far durable, before a row naming one commits.
+        """Make every file written on the share so far durable, before a SUCCESS row naming one commits.
 
-        Sources and result files are written without an fsync each; this runs once per
-        expansion, per lint message and per block of cached results instead: one syncfs(2) of
-        the share's file system (0.5 ms for a message's 8 files on the bench VM's disk, 7 ms for
-        594 files, against 0.35 ms a file with fsync; a 10,000-file upload would wait 2.6 s
-        more). Without it, a crash of a machine whose share is a local disk could leave a
-        SUCCESS row whose result file is empty, or a source linted as empty. On NFS, close()
-        has already sent the data, so there is little left to wait for.
+        Result files are written without an fsync each; this runs once per lint message and per
+        block of cached results instead: one syncfs(2) of the share's file system (0.5 ms for a
+        message's 8 files on the bench VM's disk, 7 ms for 594 files, against 0.35 ms a file
+        with fsync). Without it, a crash of a machine whose share is a local disk could leave a
+        SUCCESS row whose result file is empty. (Sources are checked against their SHA-256 when
+        linted instead: syncing 10,000 of them cost seconds when the disk was slow.) On NFS,
+        close() has already sent the data, so there is little left to wait for.
         """
         if _syncfs is None:  # not Linux: every file system, the only portable call
             os.sync()

@@ -7,6 +7,7 @@ message may be delivered twice.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import shutil
 from contextlib import contextmanager, nullcontext
@@ -21,7 +22,7 @@ from sqlcheck.errors import ArchiveError, FileRejected, UserInputError
 from sqlcheck.lint_engine import LintReport, check_dialect, decode_sql, lint_sql, parser_kind
 from sqlcheck.reports import write_job_sarif
 from sqlcheck.retries import is_transient
-from sqlcheck.result_cache import CachedResult, ResultCache, cache_key, key_for_digest
+from sqlcheck.result_cache import CachedResult, ResultCache, key_for_digest
 from sqlcheck.result_files import (
     read_expansion_notes,
     read_task_result,
@@ -136,7 +137,8 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         )
         for m in expansion.members
     ]
-    rt.share.sync_to_disk()  # the rows say every source is on the share
+    # No sync of the sources here (syncing 10,000 of them could cost seconds of a slow disk's
+    # write-back): each is checked against its row's SHA-256 when it is linted (_read_source).
     with rt.db.session() as s:
         total = repo.create_tasks(s, job_id, new_tasks)
     if total is None:  # failed meanwhile (hard limit, memory): its files must not be left behind
@@ -337,7 +339,8 @@ def lint_file(rt: Runtime, conn, claims, task_id: str, hostname: str,
             return LintedFile(job_id, written, claimed.attempts, EARLIER_RESULT)
     try:
         dialect, options = _job_lint_settings(rt, conn, job_id)
-        found = _lint_claimed(rt, job_id, task_id, claimed.archive_member, claimed.source_file_path, dialect, options)
+        found = _lint_claimed(rt, job_id, task_id, claimed.archive_member, claimed.source_file_path,
+                              claimed.content_sha256, dialect, options)
     except Exception as exc:
         if outage_retried and is_transient(exc):
             _give_back_attempt(rt, task_id)  # the task retries it; an outage is not a dying worker
@@ -475,12 +478,12 @@ def _give_back_attempt(rt: Runtime, task_id: str) -> None:
 
 
 def _lint_claimed(rt: Runtime, job_id: str, task_id: str, member: str, source_rel: str | None,
-                  dialect: str, options: tuple) -> tuple[repo.FileResult, bool] | None:
+                  sha256: str | None, dialect: str, options: tuple) -> tuple[repo.FileResult, bool] | None:
     """The part of lint_file after the claim: lint (or take from the cache) and write the result
     file. Returns (what to record, whether from the cache); None for a rejected file."""
     try:
-        data = _read_source(rt, source_rel)
-        encoding, report, from_cache = _lint_or_cached(rt, data, member, dialect, options, task_id)
+        data, digest = _read_source(rt, source_rel, sha256)
+        encoding, report, from_cache = _lint_or_cached(rt, data, digest, member, dialect, options, task_id)
     except FileRejected as exc:
         record_failure(rt, task_id, exc.reason, str(exc))  # finalizes the job itself when last
         return None
@@ -490,7 +493,7 @@ def _lint_claimed(rt: Runtime, job_id: str, task_id: str, member: str, source_re
     return _file_result(task_id, result_rel, report.violations, encoding, report.duration_s), from_cache
 
 
-def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options: tuple,
+def _lint_or_cached(rt: Runtime, data: bytes, digest: str, member: str, dialect: str, options: tuple,
                     task_id: str = "") -> tuple[str, LintReport, bool]:
     """(encoding, report, from_cache): the cached result for these bytes and this configuration,
     or a fresh lint that is then cached. Files carrying a test fault directive are never cached."""
@@ -501,7 +504,7 @@ def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options
     cache = rt.result_cache
     if cache is not None and faults.enabled() and b"sqlcheck-fault" in data:
         cache = None
-    key = cache_key(data, dialect, options, parser_kind(rust)) if cache is not None else None
+    key = key_for_digest(digest, dialect, options, parser_kind(rust)) if cache is not None else None
     hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit.encoding, LintReport(hit.violations, hit.parse_errors, time.perf_counter() - started), True
@@ -513,7 +516,10 @@ def _lint_or_cached(rt: Runtime, data: bytes, member: str, dialect: str, options
     return encoding, report, False
 
 
-def _read_source(rt: Runtime, source_rel: str | None) -> bytes:
+def _read_source(rt: Runtime, source_rel: str | None, sha256: str | None) -> tuple[bytes, str]:
+    """(the source's bytes, their SHA-256), refused unless they are what the archive held: the
+    sources are not synced to disk before their rows commit, so a crash of the share's machine
+    can leave one empty or cut, which must not be linted as a clean file."""
     if not source_rel:
         raise FileRejected(FailureReason.MISSING_SOURCE, "the file was never expanded")
     path = rt.share.absolute(source_rel)
@@ -523,9 +529,14 @@ def _read_source(rt: Runtime, source_rel: str | None) -> bytes:
             raise FileRejected(
                 FailureReason.TOO_LARGE, f"file is larger than {rt.settings.max_file_bytes} bytes (SQLCHECK_MAX_FILE_BYTES)"
             )
-        return path.read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileRejected(FailureReason.MISSING_SOURCE, f"source file missing on the share: {source_rel}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 and digest != sha256:
+        raise FileRejected(FailureReason.MISSING_SOURCE, "the expanded file on the share is not what the archive held "
+                                                         "(cut short by a crash?); submit the job again")
+    return data, digest
 
 
 def record_failure(rt: Runtime, task_id: str, reason: FailureReason, message: str) -> bool:

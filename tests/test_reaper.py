@@ -224,6 +224,22 @@ def test_a_job_in_a_status_outside_the_contract_is_left_alone(rt, caplog):
     assert not rt.share.job_dir(job_id).exists()
 
 
+def test_a_source_cut_short_on_the_share_fails_its_file_and_is_never_linted_as_clean(rt):
+    """Sources are not synced to disk before their rows commit: a crash of the share's machine can
+    leave one empty. Linted, an empty file is clean; its row's SHA-256 says it is not the file."""
+    job_id, ids = _job_with_tasks(rt, n=2, sql="select a,b from t\n")
+    with rt.db.session() as s:
+        tasks = repo.list_tasks(s, job_id)
+    rt.share.absolute(tasks[0].source_file_path).write_bytes(b"")  # what the crash left
+    for t in tasks:
+        workflow.lint_task(rt, t.id, "test-host")
+    with rt.db.session() as s:
+        cut, whole = (repo.get_task(s, t.id) for t in tasks)
+    assert (cut.status, cut.failure_reason) == ("FAILURE", "missing_source")
+    assert "not what the archive held" in cut.error_message and cut.result_file_path is None
+    assert (whole.status, whole.violation_count) == ("SUCCESS", 2)
+
+
 def test_unexpanded_job_gets_its_expand_message_again_then_fails(rt):
     job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
     client = redis.Redis.from_url(rt.settings.broker_url)
