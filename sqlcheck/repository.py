@@ -33,10 +33,9 @@ def is_job_id(job_id: str) -> bool:
     """jobs.id must be a UUID (the contract): the job's folder on the share and its task ids
     derive from it, so any other id (a path, a name) is refused before either is made."""
     try:
-        uuid.UUID(job_id)
+        return str(uuid.UUID(job_id)) == job_id.lower()  # the 36-character form only, any case
     except (ValueError, TypeError, AttributeError):
         return False
-    return True
 
 
 def task_id_for(job_id: str, archive_member: str) -> str:

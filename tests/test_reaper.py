@@ -193,7 +193,8 @@ def test_an_expansion_cut_short_after_its_rows_were_written_does_not_fail_the_jo
     assert report.resent_tasks == 2 and _queued(rt, ANALYSIS_QUEUE) == sorted(t.id for t in tasks)
 
 
-@pytest.mark.parametrize("bad_id", ["../../../etc/evil", "job-42", "a" * 36])
+@pytest.mark.parametrize("bad_id", ["../../../etc/evil", "job-42", "a" * 36, "+" + "1" * 31 + "-" * 4,
+                                    "{12345678-1234-5678-1234-567812345678}"])
 def test_a_job_id_that_is_not_a_uuid_fails_the_job_and_touches_no_file(rt, bad_id):
     """jobs.id is a UUID by contract (the job's folder and its task ids derive from it). A row
     with another id, such as a path, used to raise in expand, in fail_job and in the reaper's
