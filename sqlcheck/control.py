@@ -118,6 +118,14 @@ def config_differs(plan: RenderPlan) -> bool:
     return current != render_all(plan)["supervisord/supervisord.conf"]
 
 
+def running_config_differs(plan: RenderPlan, sup: Supervisor) -> bool:
+    """True when supervisord runs another configuration than the settings render: the file on
+    disk differs from the rendering, or supervisord's groups differ from the file (a reload that
+    stopped half way, a `config render` into SQLCHECK_HOME). Re-reading the file, as
+    `supervisorctl reread` does, applies nothing."""
+    return config_differs(plan) or any(sup.reload_config())
+
+
 def _prepare_dirs(paths: SupervisorPaths) -> None:
     for d in (paths.home, paths.run_dir, paths.log_dir, paths.redis_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -287,7 +295,7 @@ def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir
         plan = make_plan(settings, bin_dir)
         paths = plan.paths
         say(f"supervisord is already running (pid {sup.pid()}); making sure every program runs")
-        differs = config_differs(plan)
+        differs = running_config_differs(plan, sup)
         if differs:
             say("note: the settings differ from the running configuration; `sqlcheckctl reload` applies them")
         for p in sup.processes():
@@ -425,7 +433,7 @@ def restart(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_d
         start(settings, timeout_s, say, bin_dir)
         return []
     plan = make_plan(settings, bin_dir)
-    if config_differs(plan):  # supervisord would restart the old programs, and this loop wait for the new
+    if running_config_differs(plan, sup):  # supervisord would restart the old programs, this loop wait for the new
         raise ControlError("the settings differ from the running configuration: `sqlcheckctl reload` "
                            "applies them (replacing what changed, warm); restart restarts what runs as it is")
     done = []

@@ -110,6 +110,12 @@ def test_start_status_reload_restart_stop(daemon):
     assert hint.returncode == 0 and "not pinged" in hint.stdout, hint.stderr
     refused = daemon.ctl("restart", timeout_s=60, **new_program)
     assert refused.returncode == 1 and "`sqlcheckctl reload`" in " ".join(refused.stderr.split())
+    # the file on disk rendered anew but never applied (a config render into the home, a reload
+    # stopped half way): what supervisord runs is compared too
+    assert daemon.ctl("config", "render", **new_program).returncode == 0
+    refused = daemon.ctl("restart", timeout_s=60, **new_program)  # the file now says what the settings say
+    assert refused.returncode == 1 and "`sqlcheckctl reload`" in " ".join(refused.stderr.split())
+    assert daemon.ctl("config", "render").returncode == 0  # back to what runs
 
     rc, doc = daemon.status()
     assert rc == 0 and doc["state"] == "running"
