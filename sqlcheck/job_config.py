@@ -202,7 +202,9 @@ def _config_path(share: SharePaths, job_id: str) -> Path:
 
 
 def save_uploaded(share: SharePaths, job_id: str, cfg: UploadedConfig) -> None:
-    atomic_write(_config_path(share, job_id), json.dumps(cfg.as_json(), sort_keys=True).encode(), fsync=False)
+    """Durable before the task rows commit (file and name): lost in a crash, it would read as "no
+    configuration" and the files would be linted with the defaults, with nothing to tell."""
+    atomic_write(_config_path(share, job_id), json.dumps(cfg.as_json(), sort_keys=True).encode(), fsync=True)
 
 
 @functools.lru_cache(maxsize=64)

@@ -115,6 +115,14 @@ class SharePaths:
             os.close(fd)
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _load_syncfs():
     """Linux's syncfs(2) (the os module has no wrapper), or None where libc lacks it."""
     try:
@@ -149,7 +157,8 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parents: bool
 
     The temporary file lives in the same directory, so ``os.replace`` is a rename
     on the same file system (atomic on NFS too); the rename also replaces, never
-    follows, a symlink planted at ``path``.
+    follows, a symlink planted at ``path``. With ``fsync`` the file and then its directory
+    (the rename) are on disk when this returns.
     """
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +170,8 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parents: bool
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+        if fsync:
+            _fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -199,3 +199,23 @@ def test_a_success_row_names_a_result_file_only_after_the_file_was_synced(rt, mo
         assert workflow.lint_file(rt, conn, claims, tasks[0].id, "test-host") is not None
     assert workflow.record_cut_short(rt, tasks[0].id, FailureReason.TIMEOUT, "cut") == TaskStatus.SUCCESS
     assert rows_name_only_synced_files(job_id)[1] == 1
+
+
+def test_a_durable_write_syncs_the_file_and_then_its_directory(tmp_path, monkeypatch):
+    """A rename is durable only once its directory is synced: summary.json and the job's stored
+    upload configuration (lost, it would read as "no configuration") are written so."""
+    from sqlcheck import job_config
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def noting_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", noting_fsync)
+    share = SharePaths(tmp_path)
+    job_config.save_uploaded(share, "job-1", job_config.UploadedConfig())
+    job_dir = str(share.job_dir("job-1"))
+    assert len(synced) == 2 and synced[0].startswith(job_dir + "/.uploaded_config.json.") and synced[1] == job_dir
+    assert (share.job_dir("job-1") / "uploaded_config.json").exists()
