@@ -17,6 +17,7 @@ import psutil
 import pytest
 import redis
 
+from sqlcheck.chaos_services import free_port
 from tests.helpers import SQLCHECKCTL, VENV_BIN, make_zip, wait_until
 
 SUPERVISORCTL = str(VENV_BIN / "supervisorctl")
@@ -75,14 +76,6 @@ def daemon(pg_stack):
     d = Daemon(pg_stack)
     yield d
     d.kill()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _job_view(stack, job_id):
@@ -257,17 +250,9 @@ def test_warm_shutdown_finishes_the_file_in_flight_and_keeps_the_queue(pg_stack,
         daemon.kill()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 def test_embedded_redis_runs_when_none_answers(pg_stack):
-    port = _free_port()
+    port = free_port()
     daemon = Daemon(pg_stack, CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0")
     try:
         started = daemon.ctl("start")

@@ -12,6 +12,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from sqlcheck.chaos_services import free_port
 from tests.helpers import SQLCHECKCTL, VENV_BIN, make_zip, wait_until
 
 FILES = {
@@ -20,12 +21,6 @@ FILES = {
     "clean.sql": "SELECT 1\n",
     "broken.sql": b"\x00\x01\x02\xff\xfe not text",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def signal_delivered(pid: int, signum: int) -> bool:
