@@ -297,7 +297,7 @@ def run_pipeline(stack: Stack, zip_path: Path, dialect: str, timeout_s: float = 
     from sqlcheck.database import Database
 
     from sqlcheck import repository as repo
-    from sqlcheck.states import TERMINAL_JOB_STATES
+    from sqlcheck.states import TERMINAL_JOB_STATUSES
 
     settings = stack.settings
     db = Database(settings.resolved_database_url)
@@ -316,7 +316,7 @@ def run_pipeline(stack: Stack, zip_path: Path, dialect: str, timeout_s: float = 
             next_ask = time.monotonic() + 0.5
             with db.session() as s:
                 job = repo.get_job(s, job_id)
-                if job.status in {state.value for state in TERMINAL_JOB_STATES}:
+                if job.status in TERMINAL_JOB_STATUSES:
                     done_at = job.finished_at.timestamp()
         time.sleep(0.02)
     if done_at is None:

@@ -16,11 +16,11 @@ from typing import Any, Callable
 from sqlcheck import repository as repo
 from sqlcheck.celery_app import make_sender, send_expand
 from sqlcheck.database import Database
-from sqlcheck.errors import ControlError, UserInputError, first_line
+from sqlcheck.errors import ControlError, UserInputError, describe
 from sqlcheck.retries import is_transient
 from sqlcheck.settings import Settings
 from sqlcheck.share import SharePaths
-from sqlcheck.states import TERMINAL_JOB_STATES
+from sqlcheck.states import TERMINAL_JOB_STATUSES
 
 
 def store_upload(share: SharePaths, job_id: str, zip_file: Path) -> str:
@@ -57,7 +57,7 @@ class Submitter:
         except Exception as exc:
             self.share.absolute(rel).unlink(missing_ok=True)  # no row names it: nothing would ever remove it
             if is_transient(exc):
-                raise ControlError(f"the database is unreachable, nothing was submitted: {exc.__class__.__name__}: {first_line(exc)}") from None
+                raise ControlError(f"the database is unreachable, nothing was submitted: {describe(exc)}") from None
             raise
         try:
             send_expand(self.sender, job_id)
@@ -65,7 +65,7 @@ class Submitter:
             if not is_transient(exc):
                 raise
             raise ControlError(f"job {job_id} is stored (PENDING), but its message could not be sent: "
-                               f"{exc.__class__.__name__}: {first_line(exc)}; the reaper sends it once the broker answers "
+                               f"{describe(exc)}; the reaper sends it once the broker answers "
                                "(do not submit it again)") from None
         return job_id
 
@@ -109,7 +109,6 @@ def wait_for_job(
     poll_s: float = 0.2,
 ) -> str:
     """Poll until the job is terminal; returns its status. Raises TimeoutError at the deadline."""
-    terminal = {s.value for s in TERMINAL_JOB_STATES}
     deadline = time.monotonic() + timeout_s
     while True:
         with db.session() as s:
@@ -121,7 +120,7 @@ def wait_for_job(
         done = progress.get("SUCCESS", 0) + progress.get("FAILURE", 0)
         if on_progress:
             on_progress(done, total, status)
-        if status in terminal:
+        if status in TERMINAL_JOB_STATUSES:
             return status
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {status} after {timeout_s:.0f} s ({done}/{total} files done)")

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import psutil
 import redis
 
-from sqlcheck.errors import ControlError, first_line
+from sqlcheck.errors import ControlError, describe, first_line
 from sqlcheck.settings import Settings
 from sqlcheck.share import atomic_write
 from sqlcheck.supervisor_config import (
@@ -581,7 +581,7 @@ def status(settings: Settings, bin_dir: Path | None = None) -> dict[str, Any]:
     try:
         doc["jobs"] = job_overview(settings)
     except Exception as exc:
-        doc["jobs"] = {"error": f"{exc.__class__.__name__}: {first_line(exc)}"}
+        doc["jobs"] = {"error": describe(exc)}
     doc["state"] = overall_state(doc)
     return doc
 
@@ -611,7 +611,7 @@ def health(settings: Settings) -> dict[str, dict[str, Any]]:
         job_overview(settings, limit=1)
         checks["database"] = {"ok": True, "detail": "jobs table readable"}
     except Exception as exc:
-        checks["database"] = {"ok": False, "detail": f"{exc.__class__.__name__}: {first_line(exc)}"}
+        checks["database"] = {"ok": False, "detail": describe(exc)}
     share = settings.resolved_share_root
     probe = share / f".health-probe-{uuid.uuid4().hex}"  # several nodes share it; pids repeat across machines
     try:

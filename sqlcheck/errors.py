@@ -14,6 +14,11 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def describe(exc: BaseException) -> str:
+    """An error on one line, its class first: "OperationalError: connection failed ..."."""
+    return f"{exc.__class__.__name__}: {first_line(exc)}"
+
+
 class SqlcheckError(Exception):
     """Root of every error sqlcheck raises on purpose."""
 

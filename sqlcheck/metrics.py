@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from sqlcheck import counters
 from sqlcheck import repository as repo
 from sqlcheck.celery_app import ANALYSIS_QUEUE, ZIP_QUEUE
-from sqlcheck.errors import first_line
+from sqlcheck.errors import describe
 from sqlcheck.database import Database
 from sqlcheck.settings import Settings
 from sqlcheck.states import FailureReason, JobStatus, TaskStatus
@@ -115,8 +115,7 @@ class LintCollector(Collector):
             try:
                 families = list(build())
             except Exception as exc:  # noqa: BLE001 - one source down must not hide the others
-                log.warning("metrics: %s not read: %s: %s", source, exc.__class__.__name__,
-                            first_line(exc))
+                log.warning("metrics: %s not read: %s", source, describe(exc))
                 errors.add_metric([source], 1)
                 continue
             errors.add_metric([source], 0)

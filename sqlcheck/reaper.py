@@ -34,7 +34,7 @@ from sqlcheck import counters
 from sqlcheck import repository as repo
 from sqlcheck import workflow
 from sqlcheck.celery_app import ANALYSIS_QUEUE, EXPAND_TASK, LINT_TASK, ZIP_QUEUE, make_sender
-from sqlcheck.errors import first_line
+from sqlcheck.errors import describe
 from sqlcheck.locks import lock_key
 from sqlcheck.states import FailureReason, TaskStatus
 from sqlcheck.workflow import Runtime
@@ -325,7 +325,7 @@ def run(rt: Runtime, loop: bool, interval_s: float, stop: Callable[[], bool] = l
         except Exception as exc:  # noqa: BLE001
             if not (loop and is_transient(exc)):
                 raise
-            log.warning("reaper pass skipped: %s: %s", exc.__class__.__name__, first_line(exc))
+            log.warning("reaper pass skipped: %s", describe(exc))
         if not loop or stop():
             return last
         time.sleep(max(0.0, interval_s - (time.monotonic() - started)))

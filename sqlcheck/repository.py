@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 Executor = Session | Connection
 
 from sqlcheck.models import Job, Task, utcnow
-from sqlcheck.states import TERMINAL_JOB_STATES, TERMINAL_TASK_STATES, FailureReason, JobStatus, TaskStatus
+from sqlcheck.states import TERMINAL_JOB_STATUSES, TERMINAL_TASK_STATUSES, FailureReason, JobStatus, TaskStatus
 
-_TERMINAL_TASKS = [s.value for s in TERMINAL_TASK_STATES]
-_TERMINAL_JOBS = [s.value for s in TERMINAL_JOB_STATES]
+_TERMINAL_TASKS = sorted(TERMINAL_TASK_STATUSES)
+_TERMINAL_JOBS = sorted(TERMINAL_JOB_STATUSES)
 _OPEN_TASKS = [TaskStatus.PENDING.value, TaskStatus.IN_PROGRESS.value]
 _BATCH = 500
 

@@ -41,5 +41,6 @@ class FailureReason(str, Enum):
     INTERNAL = "internal"  # a bug or an unexpected error on our side
 
 
-TERMINAL_JOB_STATES = frozenset({JobStatus.SUCCESS, JobStatus.PARTIAL_SUCCESS, JobStatus.FAILED})
-TERMINAL_TASK_STATES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILURE})
+#: the end states, as the strings the `status` columns hold
+TERMINAL_JOB_STATUSES = frozenset(s.value for s in (JobStatus.SUCCESS, JobStatus.PARTIAL_SUCCESS, JobStatus.FAILED))
+TERMINAL_TASK_STATUSES = frozenset(s.value for s in (TaskStatus.SUCCESS, TaskStatus.FAILURE))

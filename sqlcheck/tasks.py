@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from sqlcheck import counters, workflow
 from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
-from sqlcheck.errors import first_line
+from sqlcheck.errors import describe
 from sqlcheck.locks import TaskLock, acquire_many, release_many
 from sqlcheck.retries import backoff_delay_s, is_transient
 from sqlcheck.states import FailureReason
@@ -236,9 +236,8 @@ def _record_or_retry(task, rt: Runtime, conn, linted: list[workflow.LintedFile],
         # given up: the rows stay IN_PROGRESS, and the reaper sends them again (to the same end)
         first, more = linted[0].result.task_id, len(linted) - 1
         if is_transient(exc):
-            log.error("task=%s and %d more: results written but not recorded, gave up after %d retries: %s: %s; "
-                      "the reaper sends them again", first, more, transient_retries, exc.__class__.__name__,
-                      first_line(exc))
+            log.error("task=%s and %d more: results written but not recorded, gave up after %d retries: %s; "
+                      "the reaper sends them again", first, more, transient_retries, describe(exc))
         else:
             log.exception("task=%s and %d more: results written but not recorded; the reaper sends them again",
                           first, more)
@@ -280,8 +279,7 @@ def _retries_left(exc: Exception, transient_retries: int) -> bool:
 def _retry_outage(task, task_id: str, exc: Exception, transient_retries: int, args: tuple) -> NoReturn:
     """A transient error (database or Redis outage): send the message again later, from this file on."""
     delay = _retry_delay(transient_retries)
-    log.warning("task=%s transient error (%s: %s); retry %d in %.1fs",
-                task_id, exc.__class__.__name__, first_line(exc), transient_retries + 1, delay)
+    log.warning("task=%s transient error (%s); retry %d in %.1fs", task_id, describe(exc), transient_retries + 1, delay)
     _retry_later(task, args, transient_retries, delay)
 
 
@@ -303,8 +301,7 @@ def _record_lint_error(rt: Runtime, task_id: str, exc: Exception, transient_retr
     """An error that ends the file: an outage that outlasted every retry, or our own bug."""
     if is_transient(exc):
         # the outage outlasted every retry: say so, with the real error, and no traceback
-        log.error("task=%s gave up after %d retries: %s: %s", task_id, transient_retries, exc.__class__.__name__,
-                  first_line(exc))
+        log.error("task=%s gave up after %d retries: %s", task_id, transient_retries, describe(exc))
         message = f"gave up after {transient_retries} retries of a transient error: {exc.__class__.__name__}: {exc}"
     else:
         log.exception("task=%s lint failed with an internal error", task_id)

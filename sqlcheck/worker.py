@@ -11,7 +11,7 @@ import logging
 import os
 
 from sqlcheck.celery_app import ANALYSIS_QUEUE, ZIP_QUEUE, configure_app
-from sqlcheck.errors import ConfigError, first_line
+from sqlcheck.errors import ConfigError, describe
 from sqlcheck.settings import Settings
 from sqlcheck.workflow import Runtime
 
@@ -49,7 +49,7 @@ def check_prerequisites(settings: Settings) -> None:
         with engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
     except SQLAlchemyError as exc:
-        raise ConfigError(f"setting DATABASE_URL: cannot connect: {exc.__class__.__name__}: {first_line(exc)}") from None
+        raise ConfigError(f"setting DATABASE_URL: cannot connect: {describe(exc)}") from None
     finally:
         engine.dispose()
     if not {"jobs", "tasks"} <= tables:

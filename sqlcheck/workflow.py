@@ -35,7 +35,7 @@ from sqlcheck.result_files import (
 )
 from sqlcheck.settings import Settings
 from sqlcheck.share import OutsideShare, SharePaths
-from sqlcheck.states import TERMINAL_JOB_STATES, TERMINAL_TASK_STATES, FailureReason, TaskStatus
+from sqlcheck.states import TERMINAL_JOB_STATUSES, TERMINAL_TASK_STATUSES, FailureReason, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         if job is None:
             log.error("job=%s expand: no such job row; message dropped", job_id)
             return
-        if job.status in {j.value for j in TERMINAL_JOB_STATES}:
+        if job.status in TERMINAL_JOB_STATUSES:
             log.info("job=%s expand: already %s; duplicate message ignored", job_id, job.status)
             return
         if not repo.claim_job(s, job_id):  # a status outside the contract (say, the web service's own)
@@ -279,7 +279,7 @@ def fail_job(rt: Runtime, job_id: str, message: str) -> bool:
             log.warning("job=%s FAILED: %s", job_id, message)
             return True
         job = repo.get_job(s, job_id)
-        if job is not None and job.total_tasks and job.status not in {j.value for j in TERMINAL_JOB_STATES}:
+        if job is not None and job.total_tasks and job.status not in TERMINAL_JOB_STATUSES:
             log.warning("job=%s not failed although %s: its %d task rows were written, so it ends from "
                         "its files (the reaper sends any not sent)", job_id, message, job.total_tasks)
     return False
@@ -457,7 +457,7 @@ def _not_claimed(rt: Runtime, task_id: str) -> None:
         status, job_id = (task.status, task.job_id) if task is not None else (None, None)
     if task is None:
         log.error("task=%s lint: no such task row; message dropped", task_id)
-    elif status in {t.value for t in TERMINAL_TASK_STATES}:
+    elif status in TERMINAL_TASK_STATUSES:
         log.info("job=%s task=%s already %s; duplicate message ignored", job_id, task_id, status)
     else:
         record_cut_short(
