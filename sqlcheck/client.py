@@ -6,8 +6,6 @@ client, so it never imports sqlcheck.tasks.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -19,18 +17,15 @@ from sqlcheck.database import Database
 from sqlcheck.errors import ControlError, UserInputError, describe
 from sqlcheck.retries import is_transient
 from sqlcheck.settings import Settings
-from sqlcheck.share import SharePaths
+from sqlcheck.share import SharePaths, atomic_write
 from sqlcheck.states import TERMINAL_JOB_STATUSES
 
 
 def store_upload(share: SharePaths, job_id: str, zip_file: Path) -> str:
-    """Copy the ZIP onto the share (temp name, then rename); returns its relative path."""
+    """Copy the ZIP onto the share, durably (the row about to name it must not outlive it in a
+    crash); returns its relative path."""
     rel = share.upload_rel(job_id)
-    target = share.absolute(rel)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(zip_file, tmp)
-    os.replace(tmp, target)
+    atomic_write(share.absolute(rel), zip_file, fsync=True)
     return rel
 
 
@@ -50,15 +45,26 @@ class Submitter:
             raise UserInputError(f"{zip_file}: no such file")
         job_id = str(uuid.uuid4())
         rel = store_upload(self.share, job_id, zip_file)
-        self.share.sync_to_disk()  # the row about to name it
+        insert_sent = False
         try:
             with self.db.session() as s:
                 repo.insert_job(s, job_id, rel, dialect, options)
+                s.flush()
+                insert_sent = True  # from here on a failure may come after the server committed
         except Exception as exc:
-            self.share.absolute(rel).unlink(missing_ok=True)  # no row names it: nothing would ever remove it
-            if is_transient(exc):
-                raise ControlError(f"the database is unreachable, nothing was submitted: {describe(exc)}") from None
-            raise
+            stored = self._job_stored(job_id) if insert_sent else False
+            if stored is None:
+                raise ControlError(
+                    f"the database connection broke while job {job_id} was committed, and whether it "
+                    f"was cannot be known now: {describe(exc)}; its upload {rel} is kept (if the job row "
+                    "is there, the reaper sends it: check with `sqlcheckctl job show` before submitting again)"
+                ) from None
+            if not stored:
+                self.share.absolute(rel).unlink(missing_ok=True)  # no row names it: nothing would ever remove it
+                if is_transient(exc):
+                    raise ControlError(f"the database is unreachable, nothing was submitted: {describe(exc)}") from None
+                raise
+            # the row was committed before the connection broke: the job is submitted, send it
         try:
             send_expand(self.sender, job_id)
         except Exception as exc:
@@ -68,6 +74,15 @@ class Submitter:
                                f"{describe(exc)}; the reaper sends it once the broker answers "
                                "(do not submit it again)") from None
         return job_id
+
+    def _job_stored(self, job_id: str) -> bool | None:
+        """Whether the job row exists, after an error that may have come after its commit; None
+        when the database cannot say."""
+        try:
+            with self.db.session() as s:
+                return repo.get_job(s, job_id) is not None
+        except Exception:
+            return None
 
     def close(self) -> None:
         self.db.engine.dispose()

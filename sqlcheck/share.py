@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
@@ -152,8 +153,9 @@ def write_new_file(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parents: bool = True) -> None:
-    """Write ``data`` so that a reader sees the old file or the whole new one, never half.
+def atomic_write(path: Path, data: bytes | Path, fsync: bool = True, make_parents: bool = True) -> None:
+    """Write ``data`` (bytes, or the contents of the file at that Path, streamed) so that a reader
+    sees the old file or the whole new one, never half.
 
     The temporary file lives in the same directory, so ``os.replace`` is a rename
     on the same file system (atomic on NFS too); the rename also replaces, never
@@ -165,7 +167,11 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True, make_parents: bool
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, Path):
+                with open(data, "rb") as source:
+                    shutil.copyfileobj(source, fh, 1 << 20)
+            else:
+                fh.write(data)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())

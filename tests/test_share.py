@@ -68,6 +68,16 @@ def test_atomic_write_creates_parents_and_replaces(tmp_path):
     assert sorted(os.listdir(target.parent)) == ["f.json"]  # no temp file left behind
 
 
+def test_atomic_write_streams_a_file(tmp_path):
+    """An upload is copied, not read into memory: a Path is streamed in chunks."""
+    source = tmp_path / "upload.zip"
+    source.write_bytes(os.urandom(3 * 2**20 + 17))  # more than one chunk, not a multiple of it
+    target = tmp_path / "share" / "uploads" / "j.zip"
+    atomic_write(target, source)
+    assert target.read_bytes() == source.read_bytes()
+    assert os.listdir(target.parent) == ["j.zip"]
+
+
 def test_atomic_write_leaves_old_file_and_no_temp_on_failure(tmp_path):
     target = tmp_path / "f"
     atomic_write(target, b"old")

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from sqlcheck import repository as repo
 from sqlcheck import workflow
+from sqlcheck.errors import ControlError
 from tests.helpers import SQLCHECKCTL, make_zip
 
 EXIT_FAIL = 1
@@ -44,6 +47,83 @@ def test_submit_while_the_database_is_down_keeps_nothing(rt, tmp_path):
     out = _ctl(rt, "submit", str(_upload(tmp_path)), DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/x")
     _one_line_error(out, "database is unreachable", "nothing was submitted")
     assert list((rt.share.root / "uploads").iterdir()) == []
+
+
+class _CommitReplyLost(Exception):
+    """What a client sees when the connection breaks after the server got its COMMIT."""
+
+
+@pytest.mark.parametrize("committed, database_answers_after", [(True, True), (False, True), (True, False)])
+def test_submit_when_the_commit_reply_is_lost(rt, tmp_path, committed, database_answers_after):
+    """The upload is removed only when the job row is known to be absent; a row committed before the
+    error is a submitted job (its message is sent); when nobody can tell, the upload is kept."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    from sqlcheck.client import Submitter
+
+    lost = []
+
+    def lose_reply(_session):
+        if not lost:  # the insert's commit only; the check afterwards commits normally
+            lost.append(True)
+            raise _CommitReplyLost("server closed the connection unexpectedly")
+
+    def database_gone(*_args):
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    uploads = rt.share.root / "uploads"
+    hook = "after_commit" if committed else "before_commit"
+    with Submitter(rt.settings) as web:
+        event.listen(Session, hook, lose_reply)
+        if not database_answers_after:
+            event.listen(web.db.engine, "checkout", lambda *a: database_gone() if lost else None)
+        try:
+            if committed and database_answers_after:
+                job_id = web.submit(_upload(tmp_path))
+            else:
+                with pytest.raises((_CommitReplyLost, ControlError)) as raised:
+                    web.submit(_upload(tmp_path))
+        finally:
+            event.remove(Session, hook, lose_reply)
+    kept = sorted(p.name for p in uploads.iterdir())
+    if committed and database_answers_after:
+        assert kept == [f"{job_id}.zip"]
+        with rt.db.session() as s:
+            assert repo.get_job(s, job_id).status == "PENDING"
+        assert _queued_expand_messages(rt) == [job_id]  # submitted: its message was sent
+    elif database_answers_after:  # the server rolled back: nothing names the upload
+        assert raised.type is _CommitReplyLost and kept == []
+        assert _queued_expand_messages(rt) == []
+    else:
+        text = str(raised.value)
+        job_id = text.split()[6]
+        assert raised.type is ControlError and "cannot be known" in text and f"uploads/{job_id}.zip is kept" in text
+        assert kept == [f"{job_id}.zip"]
+        with rt.db.session() as s:  # it had been committed: the reaper will send it
+            assert repo.get_job(s, job_id).status == "PENDING"
+        assert _queued_expand_messages(rt) == []
+
+
+def _queued_expand_messages(rt) -> list[str]:
+    """The job ids of the expand messages waiting in this test's broker."""
+    import base64
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    found = []
+    for queue in client.keys("*"):
+        if client.type(queue) != b"list":
+            continue
+        for raw in client.lrange(queue, 0, -1):
+            message = json.loads(raw)
+            if message.get("headers", {}).get("task", "").endswith("expand_zip_and_dispatch_tasks"):
+                body = json.loads(base64.b64decode(message["body"]))
+                found.append(body[0][0])
+    return found
 
 
 def test_submit_wait_json_timeout_and_report_to_a_bad_path(rt, tmp_path):
