@@ -6,6 +6,8 @@ checked while inflating, so a lying header cannot get past it.
 
 from __future__ import annotations
 
+import bz2
+import copy
 import errno
 import hashlib
 import lzma
@@ -16,7 +18,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from sqlcheck.errors import ArchiveError
 from sqlcheck.share import OutsideShare, resolve_inside, write_new_file
@@ -111,7 +113,7 @@ def _is_sql(name: str) -> bool:
 def _skip_reason(name: str, info: zipfile.ZipInfo) -> str | None:
     """Why a non-SQL entry is ignored, or None for an entry we must look at."""
     parts = name.replace("\\", "/").split("/")
-    if info.is_dir():
+    if name.endswith("/"):  # not info.is_dir(): zipfile cuts its name at a NUL ("a/\0.sql" -> "a/")
         return "directory"
     if "__MACOSX" in parts or parts[-1].startswith("._"):
         return "macOS resource fork"
@@ -130,27 +132,84 @@ def _unsafe_kind(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def member_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
+    """A member's bytes, at most CHUNK_BYTES at a time, for every compression method.
+
+    zipfile bounds what one read inflates only for deflate: a bzip2 or LZMA member is inflated a
+    whole compressed read at a time (a 500-byte bzip2 member is ~800 MiB before any limit could
+    look). Those two are read raw and inflated here with a bound on each output.
+    """
+    if info.compress_type not in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        with zf.open(info) as fh:
+            while chunk := fh.read(CHUNK_BYTES):
+                yield chunk
+        return
+    raw = copy.copy(info)  # the same entry, read as stored: zipfile checks the header, we inflate
+    raw.compress_type, raw.file_size = zipfile.ZIP_STORED, info.compress_size
+    del raw.CRC  # the stored CRC is the inflated bytes', checked below
+    crc, inflater, data = 0, None, b""
+    with zf.open(raw) as fh:
+        while inflater is None:
+            more = fh.read(CHUNK_BYTES)
+            inflater, data = _raw_inflater(info.compress_type, data + more, not more, info.file_size)
+        while not inflater.eof:
+            if inflater.needs_input and not data:
+                data = fh.read(CHUNK_BYTES)
+                if not data:
+                    break  # truncated: said below
+            chunk = inflater.decompress(data, CHUNK_BYTES)
+            data = b""
+            if chunk:
+                crc = zlib.crc32(chunk, crc)
+                yield chunk
+    if not inflater.eof or crc != info.CRC:
+        raise zipfile.BadZipFile(f"bad or truncated {'bzip2' if info.compress_type == zipfile.ZIP_BZIP2 else 'LZMA'} "
+                                 f"data in {info.filename!r}")
+
+
+def _raw_inflater(method: int, head: bytes, done: bool, file_size: int):
+    """(decompressor, the input left for it), or (None, head) while an LZMA header is incomplete.
+
+    A ZIP's LZMA member starts with a version (2 bytes), the properties' size (2 bytes) and
+    the LZMA1 properties: lc/lp/pb in one byte, then the dictionary size."""
+    if method == zipfile.ZIP_BZIP2:
+        return bz2.BZ2Decompressor(), head
+    if len(head) < 4 or len(head) < 4 + int.from_bytes(head[2:4], "little"):
+        if done:
+            raise zipfile.BadZipFile("truncated LZMA header")
+        return None, head
+    size = int.from_bytes(head[2:4], "little")
+    props = head[4:4 + size]
+    if size != 5 or props[0] >= 9 * 5 * 5:
+        raise zipfile.BadZipFile("bad LZMA properties")
+    pb, rest = divmod(props[0], 45)
+    lp, lc = divmod(rest, 9)
+    # The decoder allocates the whole dictionary the header asks for (up to 4 GiB) before the
+    # first byte; no distance in a stream reaches further back than its length, so the claimed
+    # length bounds it (a lying length makes the stream fail as corrupt, which it is).
+    dict_size = max(4096, min(int.from_bytes(props[1:5], "little"), file_size))
+    lzma1 = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}
+    return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma1]), head[4 + size:]
+
+
 def _inflate(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: ExpansionLimits, budget: int) -> bytes | None:
     """Read one member, at most max_file_bytes; None when it is larger. Raises on bombs."""
     chunks: list[bytes] = []
     size = 0
-    with zf.open(info) as fh:
-        while True:
-            chunk = fh.read(CHUNK_BYTES)
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size >= RATIO_CHECK_MIN_BYTES and size > limits.max_ratio * max(info.compress_size, 1):
-                raise ArchiveError(
-                    f"member {name!r} inflates more than {limits.max_ratio}:1 (zip bomb?); archive refused"
-                )
-            if size > budget:
-                raise ArchiveError(
-                    f"archive inflates to more than {limits.max_total_bytes} bytes (SQLCHECK_MAX_UNCOMPRESSED_BYTES)"
-                )
-            if size > limits.max_file_bytes:
-                return None
-            chunks.append(chunk)
+    for chunk in member_chunks(zf, info):
+        size += len(chunk)
+        if size >= RATIO_CHECK_MIN_BYTES and size > limits.max_ratio * max(info.compress_size, 1):
+            raise ArchiveError(
+                f"member {name!r} inflates more than {limits.max_ratio}:1 (zip bomb?); archive refused"
+            )
+        if size > budget:
+            raise ArchiveError(
+                f"archive inflates to more than {limits.max_total_bytes} bytes (SQLCHECK_MAX_UNCOMPRESSED_BYTES)"
+            )
+        if size > limits.max_file_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 _EOCD = struct.Struct("<4s4xHH")  # signature, (disk numbers), entries on this disk, entries in all
@@ -282,7 +341,7 @@ def _expand_member(
         return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=str(exc))
     try:
         data = _inflate(zf, info, name, limits, budget)
-    except (*CORRUPT_DATA, OSError) as exc:
+    except (*CORRUPT_DATA, OSError, ValueError, OverflowError) as exc:  # ValueError: bad header fields, names
         if not _damaged(exc):
             raise
         raise ArchiveError(f"the ZIP archive is corrupt or truncated at {name!r}: {exc}") from None

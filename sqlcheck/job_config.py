@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlcheck.archive import CORRUPT_DATA, decode_member_name
+from sqlcheck.archive import CORRUPT_DATA, decode_member_name, member_chunks
 from sqlcheck.errors import UserInputError
 from sqlcheck.share import SharePaths, atomic_write
 
@@ -77,9 +77,9 @@ def check_value(name: str, value: Any) -> Any:
     if option is None:
         raise UserInputError(f"job option {name!r} is not allowed; allowed: {', '.join(OPTIONS)}")
     if option.kind == "codes":
-        items = value if isinstance(value, list) else str(value).split(",")
-        codes = [str(c).strip() for c in items if str(c).strip()]
-        if not codes or not all(_CODES.match(c) for c in codes):
+        items = value if isinstance(value, list) else value.split(",") if isinstance(value, str) else [value]
+        codes = [c.strip() for c in items if isinstance(c, str) and c.strip()]  # not str(c): null is not "None"
+        if not codes or not all(isinstance(c, str) for c in items) or not all(_CODES.match(c) for c in codes):
             raise UserInputError(f"job option {name!r}: expected rule codes like LT01,CP01, got {value!r}")
         return ",".join(codes)
     if option.kind == "int":
@@ -102,7 +102,7 @@ def parse_job_options(raw: str | None) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
         raise UserInputError("job options are not valid JSON") from None
     if not isinstance(data, dict):
         raise UserInputError("job options must be a JSON object")
@@ -174,8 +174,12 @@ def read_uploaded_config(zip_path: Path, member_names: list[str]) -> UploadedCon
     if root is None:
         return result
     try:
-        with zipfile.ZipFile(zip_path) as zf, zf.open(_info_named(zf, root)) as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
+        with zipfile.ZipFile(zip_path) as zf:
+            data = b""
+            for chunk in member_chunks(zf, _info_named(zf, root)):
+                data += chunk
+                if len(data) > MAX_CONFIG_BYTES:
+                    break
     except (*CORRUPT_DATA, OSError, NotImplementedError, RuntimeError, KeyError, ValueError) as exc:
         result.ignored.append({"file": root, "key": "*", "reason": f"unreadable: {exc.__class__.__name__}"})
         return result

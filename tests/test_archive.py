@@ -155,6 +155,25 @@ def test_nul_in_a_name_is_rejected_and_stored_printable(tmp_path):
     assert files_under(dest) == ["fine.sql"]
 
 
+@pytest.mark.parametrize("raw", [b"\x00.sql", b"a/\x00.sql"])
+def test_a_nul_where_zipfile_cuts_the_name_is_still_a_rejected_member(tmp_path, raw):
+    """zipfile cuts a name at its NUL ("" or "a/", a directory): it must still get its row."""
+    exp, dest = expand(tmp_path, zip_with_raw_names({raw: b"select 1", b"fine.sql": b"select 2"}))
+    (m,) = [m for m in exp.members if m.rejected]
+    assert m.rejected is FailureReason.UNSAFE_MEMBER and m.name == raw.decode().replace("\x00", "\\x00")
+    assert files_under(dest) == ["fine.sql"] and exp.skipped == []
+
+
+def test_a_local_header_whose_name_is_not_utf8_is_a_corrupt_archive(tmp_path):
+    """The UTF-8 flag set in the local header only, over a name that is not UTF-8: zipfile raises
+    UnicodeDecodeError when opening the member; that is a damaged archive, not an internal error."""
+    whole = bytearray(zip_with_raw_names({b"ok.sql": b"select 1", b"\xff.sql": b"select 2"}))
+    local = whole.find(b"PK\x03\x04", whole.find(b"\xff.sql") - 30 - 10)
+    whole[local + 7] |= 0x08  # 0x800 in the local header's flags
+    with pytest.raises(ArchiveError, match="corrupt"):
+        expand(tmp_path, bytes(whole))
+
+
 def test_symlink_member_rejected(tmp_path):
     exp, dest = expand(tmp_path, zip_with_symlink("link.sql", "/etc/passwd", {"ok.sql": b"select 1"}))
     m = by_name(exp)["link.sql"]
@@ -236,6 +255,72 @@ def test_ratio_bomb_refused_quickly_without_writing_inflated_bytes(tmp_path):
     assert time.monotonic() - started < 5
     written = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file() and p.name != "upload.zip")
     assert written < 1_000
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_bzip2_and_lzma_bombs_are_refused_before_they_are_inflated(tmp_path, method):
+    """zipfile inflates a bzip2/LZMA member a whole compressed read at a time (a 500-byte member
+    is hundreds of MiB at once): memory must stay bounded before the ratio check refuses it."""
+    import tracemalloc
+
+    zip_bytes = zip_of_zeros({"bomb.sql": 64 * 1024 * 1024}, method)
+    limits = ExpansionLimits(100, max_file_bytes=1 << 30, max_total_bytes=1 << 31, max_ratio=200)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArchiveError, match="200:1"):
+            expand(tmp_path, zip_bytes, limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # zipfile alone: the whole 64 MiB at once; bounded: the ~2 MiB the ratio check lets through (LZMA
+    # compresses these zeros only ~7000:1) and a few buffers
+    assert peak < 16 * 1024 * 1024, f"{peak / 2**20:.0f} MiB allocated while refusing a 64 MiB bomb"
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_bzip2_and_lzma_members_are_expanded_whole(tmp_path, method):
+    text = "".join(f"select c{i}, count(*) from t{i % 7} group by c{i};\n" for i in range(20_000)).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        zf.writestr("big.sql", text)  # ~1 MiB: many chunks in and out
+        zf.writestr("empty.sql", b"")
+    limits = ExpansionLimits(100, max_file_bytes=1 << 22, max_total_bytes=1 << 24, max_ratio=200)
+    exp, dest = expand(tmp_path, buf.getvalue(), limits)
+    assert [(m.name, m.rejected) for m in exp.members] == [("big.sql", None), ("empty.sql", None)]
+    assert (dest / "big.sql").read_bytes() == text and (dest / "empty.sql").read_bytes() == b""
+    assert by_name(exp)["big.sql"].sha256 == hashlib.sha256(text).hexdigest()
+
+
+def test_an_lzma_dictionary_claim_is_bounded_by_the_member_size(tmp_path):
+    """An LZMA header may ask for a 4 GiB dictionary, which the decoder allocates up front."""
+    import tracemalloc
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_LZMA) as zf:
+        zf.writestr("f.sql", "select 1;\n" * 100)
+    whole = bytearray(buf.getvalue())
+    data_at = whole.find(b"f.sql") + len("f.sql")  # the first (local) header's name, then the data
+    assert whole[data_at + 2] == 5  # the properties' size
+    whole[data_at + 5:data_at + 9] = (3 << 30).to_bytes(4, "little")  # dictionary: 3 GiB
+    tracemalloc.start()
+    try:
+        exp, dest = expand(tmp_path, bytes(whole))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (dest / "f.sql").read_bytes() == b"select 1;\n" * 100 and exp.members[0].rejected is None
+    assert peak < 4 * 1024 * 1024, f"{peak / 2**20:.0f} MiB for a 1 kB member"
+
+
+def test_a_wrong_crc_of_a_bzip2_member_is_corrupt(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("f.sql", "select 1;\n" * 100)
+    whole = bytearray(buf.getvalue())
+    cd = whole.rfind(b"PK\x01\x02")
+    whole[cd + 16] ^= 0xFF  # the CRC-32 in the central directory
+    with pytest.raises(ArchiveError, match="corrupt"):
+        expand(tmp_path, bytes(whole))
 
 
 def test_lying_header_cannot_pass_the_size_limit(tmp_path):

@@ -27,6 +27,10 @@ def test_job_options_are_checked_against_the_whitelist():
     ('{"indent_unit": "emoji"}', "expected one of"),
     ('[1, 2]', "JSON object"),
     ('{nope', "not valid JSON"),
+    ('{"rules": ' + "[" * 100_000 + "]" * 100_000 + "}", "not valid JSON"),  # deeper than the parser's stack
+    ('{"rules": null}', "rule codes"),  # not the rule "None", which would silence every rule
+    ('{"exclude_rules": true}', "rule codes"),
+    ('{"rules": ["LT01", 7]}', "rule codes"),
 ])
 def test_bad_job_options_are_refused(raw, fragment):
     with pytest.raises(UserInputError, match=fragment):
@@ -96,6 +100,24 @@ def test_oversized_sqlfluff_is_ignored(tmp_path):
         zf.writestr(".sqlfluff", "[sqlfluff]\n" + "# pad\n" * 20_000)
     cfg = job_config.read_uploaded_config(path, [".sqlfluff"])
     assert cfg.options == {} and "larger than" in cfg.ignored[0]["reason"]
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_a_compressed_sqlfluff_bomb_is_refused_in_bounded_memory(tmp_path, method):
+    import tracemalloc
+
+    path = tmp_path / "u.zip"
+    with zipfile.ZipFile(path, "w", method) as zf:
+        zf.writestr(".sqlfluff", "[sqlfluff]\n" + "\n" * (64 << 20))
+    tracemalloc.start()
+    try:
+        cfg = job_config.read_uploaded_config(path, [".sqlfluff"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert cfg.options == {} and "larger than" in cfg.ignored[0]["reason"]
+    # the LZMA dictionary of zipfile's preset is 8 MiB; without a bound the whole 64 MiB at once
+    assert peak < 12 * 1024 * 1024, f"{peak / 2**20:.0f} MiB to read a config of at most 64 KiB"
 
 
 def test_damaged_sqlfluff_is_ignored_not_fatal(tmp_path):

@@ -20,6 +20,7 @@ from sqlcheck import reaper, workflow
 from sqlcheck.celery_app import ANALYSIS_QUEUE, LINT_BATCH_TASK, ZIP_QUEUE, make_sender
 from sqlcheck.locks import lock_key
 from sqlcheck.models import Job, Task
+from sqlcheck.share import SharePaths
 from sqlcheck.workflow import Runtime
 from tests.conftest import _make_stack, _reset_redis
 from tests.helpers import make_zip
@@ -212,6 +213,22 @@ def test_a_job_id_that_is_not_a_uuid_fails_the_job_and_touches_no_file(rt, bad_i
     later = datetime.now(timezone.utc) + timedelta(hours=1)
     _pass(rt, later)  # the reaper meets the FAILED row without a summary.json: the pass goes on
     assert sorted(p for p in rt.share.root.parent.rglob("*")) == before
+
+
+@pytest.mark.parametrize("options", ['{"rules": ' + "[" * 100_000 + "]" * 100_000 + "}", '{"rules": null}'])
+def test_job_options_the_parser_cannot_take_fail_the_job_with_its_summary(rt, options):
+    """JSON nested deeper than the parser's stack raised RecursionError (not a ValueError) in
+    expand and again in fail_job's summary: the job stayed PROCESSING. `null` as rules became
+    the rule "None", which silenced every rule."""
+    job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
+    with rt.db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(options=options))
+    workflow.expand_job(rt, job_id, lambda messages: None)
+    with rt.db.session() as s:
+        job = repo.get_job(s, job_id)
+        assert job.status == "FAILED" and job.error_message.startswith("job option"), job.error_message
+    summary = json.loads(rt.share.absolute(SharePaths.summary_rel(job_id)).read_text())
+    assert summary["status"] == "FAILED" and summary["configuration"]["options"] == {}
 
 
 def test_a_job_in_a_status_outside_the_contract_is_left_alone(rt, caplog):

@@ -28,7 +28,8 @@ import pytest
 
 from tests.conftest import _make_stack, _reset_pg, _reset_redis
 from tests.helpers import make_zip, wait_until
-from tests.zipcraft import ENCRYPTED_FLAG, damage_member_data, set_flag_bits, zip_with_raw_names, zip_with_symlink
+from tests.zipcraft import (ENCRYPTED_FLAG, damage_member_data, set_flag_bits, zip_of_zeros, zip_with_raw_names,
+                             zip_with_symlink)
 
 JOBS: set[str] = set()
 MARKER = Path(f"/tmp/sqlcheck-hostile-{uuid.uuid4().hex}")
@@ -88,6 +89,15 @@ def with_duplicates() -> bytes:
             zf.writestr("dup.sql", "SELECT 2\n")
         zf.writestr("Case.sql", "SELECT 1\n")
         zf.writestr("case.sql", "SELECT 1\n")
+    return buf.getvalue()
+
+
+def two_methods(members: dict[str, int]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, method in members.items():
+            text = "".join(f"SELECT a{i % 97}, b FROM t{i % 89} WHERE x = {i};\n" for i in range(3000))
+            zf.writestr(name, text, compress_type=method)  # ~100 kB: several reads in and out
     return buf.getvalue()
 
 
@@ -251,6 +261,16 @@ ROWS = [
     Row("nul_in_name", lambda: zip_with_raw_names({b"evil\x00.sql": b"SELECT 1\n", b"fine.sql": b"SELECT 1\n"}),
         "PARTIAL_SUCCESS", tasks={"evil\\x00.sql": ("FAILURE", "unsafe_member"), "fine.sql": OK}),
     Row("corrupt_bzip2_member", lambda: damaged(zipfile.ZIP_BZIP2, "a.sql"), "FAILED", "corrupt or truncated"),
+    # zipfile inflates bzip2/LZMA a whole read at a time: 256 MiB at once from a few hundred bytes
+    Row("bzip2_bomb", lambda: zip_of_zeros({"ok.sql": 10, "bomb.sql": 256 << 20}, zipfile.ZIP_BZIP2), "FAILED",
+        "zip bomb", extra=_check_sources_small),
+    Row("lzma_and_bzip2_members", lambda: two_methods({"l.sql": zipfile.ZIP_LZMA, "b.sql": zipfile.ZIP_BZIP2}),
+        "SUCCESS", tasks={"l.sql": OK, "b.sql": OK}),
+    # zipfile cuts a name at its NUL: "" crashed the expansion, "a/" hid the member as a directory
+    Row("nul_first_in_name", lambda: zip_with_raw_names({b"\x00.sql": b"SELECT 1\n", b"a/\x00.sql": b"SELECT 1\n",
+                                                          b"fine.sql": b"SELECT 1\n"}),
+        "PARTIAL_SUCCESS", tasks={"\\x00.sql": ("FAILURE", "unsafe_member"), "a/\\x00.sql": ("FAILURE", "unsafe_member"),
+                                  "fine.sql": OK}),
     # a damaged .sqlfluff is ignored (listed in the summary), the files are linted with the defaults
     Row("damaged_sqlfluff", lambda: damaged(zipfile.ZIP_DEFLATED, ".sqlfluff"), "SUCCESS", tasks={"a.sql": OK},
         extra=_check_sqlfluff_unreadable),
