@@ -67,10 +67,12 @@ def configure_app(settings: Settings) -> Celery:
 
     app.tasks[EXPAND_TASK].soft_time_limit = settings.zip_soft_time_limit_s
     app.tasks[EXPAND_TASK].time_limit = settings.zip_hard_time_limit_s
-    app.tasks[LINT_TASK].soft_time_limit = settings.soft_time_limit_s
+    # A file's soft limit is a timer of its own in the child (tasks.soft_time_limit): Celery's
+    # SoftTimeLimitExceeded is an Exception, which sqlfluff's rule runner swallows.
+    app.tasks[LINT_TASK].soft_time_limit = None
     app.tasks[LINT_TASK].time_limit = settings.hard_time_limit_s
-    # A batch keeps each file's soft limit itself (a timer in the child) and hands its remaining
-    # files on once it has run longer than the soft limit; so a message ends within soft + hard.
+    # A batch hands its remaining files on once it has run longer than the soft limit; so a
+    # message ends within soft + hard.
     app.tasks[LINT_BATCH_TASK].soft_time_limit = None
     app.tasks[LINT_BATCH_TASK].time_limit = settings.lint_batch_time_limit_s
     return app

@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from sqlcheck import counters, workflow
 from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
-from sqlcheck.errors import describe
+from sqlcheck.errors import SoftLimitReached, describe
 from sqlcheck.locks import TaskLock, acquire_many, release_many
 from sqlcheck.retries import backoff_delay_s, is_transient
 from sqlcheck.states import FailureReason
@@ -126,8 +126,9 @@ def process_sql_file(self, task_id: str, transient_retries: int = 0) -> None:
         # three waits; "always one more" keeps it until the holder ends or its lock expires (TTL).
         raise self.retry(countdown=rt.settings.lock_retry_delay_s, max_retries=more)
     try:
-        workflow.lint_task(rt, task_id, hostname, outage_retried=transient_retries < rt.settings.max_retries)
-    except SoftTimeLimitExceeded:
+        with soft_time_limit(rt.settings.soft_time_limit_s):
+            workflow.lint_task(rt, task_id, hostname, outage_retried=transient_retries < rt.settings.max_retries)
+    except SoftLimitReached:
         _record_soft_timeout(rt, task_id)
     except Exception as exc:
         if _retries_left(exc, transient_retries):
@@ -203,7 +204,7 @@ def _lint_in_turn(task, rt: Runtime, conn, claims, held: list[str], locks: list[
         try:
             with soft_time_limit(settings.soft_time_limit_s):
                 done = workflow.lint_file(rt, conn, claims, task_id, hostname, outage_retried)
-        except SoftTimeLimitExceeded:
+        except SoftLimitReached:
             _record_soft_timeout(rt, task_id)
             continue
         except Exception as exc:
@@ -249,11 +250,12 @@ def _ids(linted: list[workflow.LintedFile]) -> list[str]:
 
 @contextmanager
 def soft_time_limit(seconds: float):
-    """Celery's soft limit for one file of a batch: SIGALRM raises SoftTimeLimitExceeded in this
-    child, as Celery's own soft limit does for a single-file message."""
+    """A file's soft limit, a timer in this child: SIGALRM raises SoftLimitReached, which no
+    `except Exception` inside sqlfluff can swallow (Celery's own SoftTimeLimitExceeded is an
+    Exception, so single-file messages use this timer too, with no Celery soft limit)."""
 
     def expired(_signum, _frame):
-        raise SoftTimeLimitExceeded(f"soft time limit ({seconds}s) exceeded")
+        raise SoftLimitReached(f"soft time limit ({seconds}s) exceeded")
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
