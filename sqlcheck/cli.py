@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 
-from sqlcheck.errors import ConfigError, ControlError, SqlcheckError, UserInputError, first_line
+from sqlcheck.errors import ConfigError, ControlError, SqlcheckError, UserInputError, describe, first_line
 from sqlcheck.settings import Settings, load_settings
 
 #: exit codes (status follows LSB: 3 = not running)
@@ -47,17 +47,22 @@ def _main(config: Optional[Path] = typer.Option(None, "--config", "-c", envvar="
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected errors into one red line on stderr and an exit code."""
+    """Turn expected errors into one red line on stderr and an exit code (never wrapped: a log
+    line or a pipe reads it whole)."""
     try:
         yield
     except (ConfigError, UserInputError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from None
-    except ControlError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    except SqlcheckError as exc:  # ControlError among them
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAIL) from None
-    except SqlcheckError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    except Exception as exc:
+        from sqlcheck.retries import is_transient  # imports the drivers: only when something failed
+
+        if not is_transient(exc):
+            raise
+        err.print(f"[red]error:[/red] a service is unreachable: {describe(exc)}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAIL) from None
 
 
@@ -179,10 +184,10 @@ def job_show(job_id: str, as_json: bool = typer.Option(False, "--json", help="pr
     from sqlcheck.database import Database
 
     s = settings()
-    view = job_view(Database(s.resolved_database_url), job_id)
-    if view is None:
-        err.print(f"[red]error:[/red] job {job_id} not found")
-        raise typer.Exit(EXIT_FAIL)
+    with user_errors():
+        view = job_view(Database(s.resolved_database_url), job_id)
+        if view is None:
+            raise ControlError(f"job {job_id} not found")
     if as_json:
         _print_json(view)
         return
@@ -216,11 +221,11 @@ def report(
     if not data.endswith(b"\n"):
         data += b"\n"
     if output:
-        try:
-            output.write_bytes(data)
-        except OSError as exc:
-            err.print(f"[red]error:[/red] cannot write {output}: {exc.strerror}", highlight=False)
-            raise typer.Exit(EXIT_FAIL) from None
+        with user_errors():
+            try:
+                output.write_bytes(data)
+            except OSError as exc:
+                raise ControlError(f"cannot write {output}: {exc.strerror}") from None
     else:
         sys.stdout.buffer.write(data)  # bytes: the console's encoding must not mangle Chinese text
         sys.stdout.flush()

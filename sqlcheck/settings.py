@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from sqlcheck.errors import ConfigError
 
@@ -187,8 +188,8 @@ def _convert(name: str, raw: Any) -> Any:
     kind = f.type if isinstance(f.type, str) else f.type.__name__
     try:
         if kind == "int":
-            if isinstance(raw, bool):
-                raise ValueError
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError  # not True as 1, not 1.5 as 1
             value = int(raw)
             if value < 0:
                 raise ValueError
@@ -222,6 +223,14 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("setting SQLCHECK_LOG_FORMAT must be 'text' or 'json'")
     if not s.broker_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"setting CELERY_BROKER_URL must be a redis:// URL, got {s.broker_url!r}")
+    try:
+        urlsplit(s.broker_url).port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise ConfigError(f"setting CELERY_BROKER_URL: {exc}") from None
+    if s.metrics_port > 65535:
+        raise ConfigError("setting SQLCHECK_METRICS_PORT must be a TCP port (0-65535)")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError("setting SQLCHECK_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     return s
 
 
@@ -238,7 +247,12 @@ def load_settings(config_file: str | Path | None = None, environ: Mapping[str, s
             raise ConfigError(f"setting SQLCHECK_CONFIG: cannot read {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"setting SQLCHECK_CONFIG: {path} is not valid TOML: {exc}") from None
-        data = data.get("sqlcheck", data)
+        if "sqlcheck" in data:
+            outside = sorted(k for k in data if k != "sqlcheck")
+            if outside or not isinstance(data["sqlcheck"], dict):
+                raise ConfigError(f"setting SQLCHECK_CONFIG: {path} has a [sqlcheck] table; put every setting in it"
+                                  + (f" (outside it: {', '.join(outside)})" if outside else ""))
+            data = data["sqlcheck"]
         for key, raw in data.items():
             if key not in FIELDS:
                 raise ConfigError(f"setting {key!r} in {path} is unknown")

@@ -361,6 +361,8 @@ After=network-online.target redis-server.service postgresql.service remote-fs.ta
 [Service]
 # supervisord stays in the foreground (-n): systemd tracks it directly
 Type=simple
+# supervisord applies its own umask only when it daemonizes, never under -n
+UMask=0027
 EnvironmentFile=-/etc/sqlcheck/sqlcheck.env
 # render the configuration from the current settings and migrate the schema before each start
 ExecStartPre={systemd_word(ctl)} config render

@@ -1,5 +1,6 @@
 """Settings: defaults, then the TOML file, then the environment; a bad value names its setting."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,11 @@ def test_empty_environment_value_means_unset():
         ({"SQLCHECK_CHILD_MAX_MESSAGES": "0"}, "SQLCHECK_CHILD_MAX_MESSAGES"),
         ({"SQLCHECK_CHILD_MAX_RSS_MB": "0"}, "SQLCHECK_CHILD_MAX_RSS_MB"),
         ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
+        # these passed, then every command and worker start died on a traceback
+        ({"CELERY_BROKER_URL": "redis://127.0.0.1:abc/0"}, "CELERY_BROKER_URL"),
+        ({"CELERY_BROKER_URL": "redis://127.0.0.1:70000/0"}, "CELERY_BROKER_URL"),
+        ({"SQLCHECK_METRICS_PORT": "70000"}, "SQLCHECK_METRICS_PORT"),
+        ({"SQLCHECK_LOG_LEVEL": "verbose"}, "SQLCHECK_LOG_LEVEL"),
     ],
 )
 def test_bad_environment_value_fails_naming_the_setting(env, named):
@@ -89,6 +95,20 @@ def test_bad_toml_value_names_the_setting(tmp_path):
     cfg.write_text("max_file_bytes = true\n")
     with pytest.raises(ConfigError, match="SQLCHECK_MAX_FILE_BYTES"):
         load_settings(cfg, environ={})
+
+
+@pytest.mark.parametrize("text,named", [
+    ("max_file_bytes = 1.5\n", "SQLCHECK_MAX_FILE_BYTES"),  # was truncated to 1
+    ("metrics_port = 9100\n[sqlcheck]\nmax_file_bytes = 10\n", "outside it: metrics_port"),  # was dropped
+    ("sqlcheck = 1\n", "has a [sqlcheck] table"),  # was an AttributeError
+])
+def test_toml_that_would_be_misread_is_refused(tmp_path, text, named):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings(cfg, environ={})
+    cfg.write_text("[sqlcheck]\nmax_file_bytes = 2048.0\nlog_level = 'debug'\n")  # what is meant is taken
+    assert load_settings(cfg, environ={}).max_file_bytes == 2048
 
 
 def test_unknown_toml_key_and_unreadable_file_are_named(tmp_path):

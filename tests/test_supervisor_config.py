@@ -200,6 +200,25 @@ def test_rendered_files_are_private_and_a_planted_link_is_replaced_not_followed(
     assert victim.read_text() == "keep me"
 
 
+def test_config_render_into_a_fresh_home_gives_a_file_supervisord_starts_from(tmp_path):
+    """systemd's first start runs `config render` then `supervisord -n`: nothing else made the
+    folders supervisord's log, socket and pid file live in, and supervisord refused to start."""
+    from supervisor.options import ServerOptions
+
+    from sqlcheck.control import write_config
+
+    settings = load_settings(environ={"SQLCHECK_HOME": str(tmp_path / "fresh")})
+    (conf,) = [p for p in write_config(RenderPlan(settings, Path("/venv/bin"))) if p.name == "supervisord.conf"]
+    opts = ServerOptions()
+    opts.realize(args=["-c", str(conf)])  # exits (SystemExit) naming a missing folder
+    assert Path(opts.logfile).parent.is_dir() and Path(opts.pidfile).parent.is_dir()
+    assert (tmp_path / "fresh" / "run").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_unit_sets_the_umask_supervisord_cannot_under_systemd():
+    assert "\nUMask=0027\n" in render_all(sample_plan())["systemd/sqlcheck.service"]
+
+
 def test_health_never_prints_the_broker_password(tmp_path):
     from sqlcheck.control import health
 

@@ -21,8 +21,9 @@ def _ctl(rt, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def _one_line_error(out: subprocess.CompletedProcess, *words: str) -> str:
-    text = " ".join(out.stderr.split())  # rich wraps long lines
+    text = out.stderr.strip()
     assert out.returncode == EXIT_FAIL and "Traceback" not in out.stderr, out.stderr
+    assert "\n" not in text, f"wrapped or several lines: {out.stderr!r}"  # a log or a pipe gets it whole
     assert text.startswith("error:") and all(w in text for w in words), text
     return text
 
@@ -41,6 +42,12 @@ def test_submit_while_the_broker_is_down_says_the_job_is_stored_and_will_be_sent
         job = repo.get_job(s, job_id)
         assert job is not None and job.status == "PENDING"  # the reaper re-sends PENDING jobs it finds
     assert rt.share.absolute(job.source_path).is_file()
+
+
+def test_job_show_while_the_database_is_down(rt):
+    out = _ctl(rt, "job", "show", "12345678-1234-5678-1234-567812345678",
+               DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/x")
+    _one_line_error(out, "a service is unreachable", "OperationalError")
 
 
 def test_submit_while_the_database_is_down_keeps_nothing(rt, tmp_path):
