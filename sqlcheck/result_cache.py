@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from sqlcheck import counters
 from sqlcheck.lint_engine import SQLFLUFF_VERSION
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class ResultCache:
     def __init__(self, client: redis.Redis, ttl_s: int, max_entries: int):
         self.client, self.ttl_s, self.max_entries = client, ttl_s, max_entries
         self._deferred: dict[str, tuple[bytes, CachedResult]] | None = None  # see deferred_puts
+        self._deferred_hits = 0  # hits inside a deferred_puts block, counted with its writes
 
     @classmethod
     def from_url(cls, url: str, ttl_s: int, max_entries: int) -> "ResultCache | None":
@@ -89,6 +91,7 @@ class ResultCache:
     def get_many(self, keys: list[str]) -> dict[str, CachedResult]:
         """The hits among ``keys`` (MGET in chunks): one round trip per 1,000 files."""
         found: dict[str, CachedResult] = {}
+        wanted = keys
         if self._deferred:
             found = {key: self._deferred[key][1] for key in keys if key in self._deferred}
             keys = [key for key in keys if key not in found]
@@ -101,6 +104,11 @@ class ResultCache:
                         found[key] = hit
         except redis.RedisError as exc:
             log.warning("result cache unavailable (%s); linting instead", exc.__class__.__name__)
+        hits = sum(1 for key in wanted if key in found)  # files, not keys: two copies of a file are two hits
+        if self._deferred is not None:
+            self._deferred_hits += hits
+        else:
+            counters.bump(self.client, counters.CACHE_HITS, amount=hits)  # nothing when 0
         return found
 
     def put(self, key: str, result: CachedResult) -> bool:
@@ -119,20 +127,25 @@ class ResultCache:
         """Within the block, puts are kept and stored together when it ends, in one round trip,
         not one per file (a batch message's files); gets inside the block see them. A child
         that dies inside the block loses them, which costs a cache only its hits."""
-        self._deferred = {}
+        self._deferred, self._deferred_hits = {}, 0
         try:
             yield self
         finally:
             deferred, self._deferred = self._deferred, None
             if deferred:
-                self._store({key: value for key, (value, _) in deferred.items()})
+                self._store({key: value for key, (value, _) in deferred.items()}, self._deferred_hits)
+            else:
+                counters.bump(self.client, counters.CACHE_HITS, amount=self._deferred_hits)
 
-    def _store(self, values: dict[str, bytes]) -> bool:
-        """SET each value with the TTL, index them, evict the oldest when over the cap."""
+    def _store(self, values: dict[str, bytes], hits: int = 0) -> bool:
+        """SET each value with the TTL, index them, evict the oldest when over the cap; and count
+        ``hits`` (the same round trip)."""
         try:
             pipe = self.client.pipeline(transaction=False)
             for key, value in values.items():
                 pipe.set(key, value, ex=self.ttl_s)
+            if hits:
+                pipe.hincrby(counters.key(counters.CACHE_HITS), "", hits)
             now = time.time()  # later puts score higher, so eviction keeps insertion order
             pipe.zadd(INDEX_KEY, {key: now + i * 1e-6 for i, key in enumerate(values)})
             pipe.zcard(INDEX_KEY)

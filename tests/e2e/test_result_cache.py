@@ -4,6 +4,7 @@ import json
 
 import redis
 
+from sqlcheck import counters
 from sqlcheck.reports import job_report
 from sqlcheck.result_cache import INDEX_KEY, CachedResult, ResultCache, cache_key
 from sqlcheck.share import SharePaths
@@ -60,8 +61,11 @@ def test_identical_resubmission_is_served_from_the_cache(pg_stack):
     first_docs = _results(pg_stack, first)
     assert not first_docs["a.sql"]["from_cache"] and not first_docs["dir/b.sql"]["from_cache"]
 
+    broker = redis.Redis.from_url(pg_stack.settings.broker_url)
+    hits_before = counters.read_all(broker)[counters.CACHE_HITS].get("", 0)
     second = pg_stack.wait_job(pg_stack.submit(zip_bytes), 60)
     assert second["status"] == "SUCCESS" and second["succeeded_tasks"] == 4
+    assert counters.read_all(broker)[counters.CACHE_HITS].get("", 0) - hits_before == 4  # sqlcheck_cache_hits_total
     second_docs = _results(pg_stack, second)
     assert all(doc["from_cache"] for doc in second_docs.values())
     for member, doc in first_docs.items():
@@ -92,8 +96,9 @@ def test_deferred_puts_are_stored_together_at_the_end_and_seen_inside(redis_url)
             assert cache.put(key, CachedResult([{"code": "LT01", "n": i}], 0, "utf-8"))
         assert client.exists(*keys) == 0  # nothing sent yet
         assert cache.get(keys[0]).violations == [{"code": "LT01", "n": 0}]  # but a later file of the batch sees it
-    # stored at the end of the block, capped like single puts
+    # stored at the end of the block, capped like single puts; the hit inside it counted with them
     assert client.zcard(INDEX_KEY) == 2 and client.exists(*keys) == 2
+    assert counters.read_all(client)[counters.CACHE_HITS] == {"": 1}
     assert cache.get_many(keys).keys() <= set(keys) and len(cache.get_many(keys)) == 2
     assert 0 < client.ttl(keys[2]) <= 60
     cache.put(keys[0], CachedResult([], 0, "utf-8"))  # outside a block: stored at once
