@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import NoReturn, Sequence
 
 import redis
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from sqlcheck import counters, workflow
 from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
@@ -158,23 +158,36 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
                                    owner=self.request.id or "")
     except redis.RedisError as exc:
         _retry_lock_outage(self, exc, transient_retries, args=(list(task_ids),))
-    if busy:
-        log.info("tasks %s are being linted elsewhere; each is sent on alone to wait for its lock", ",".join(busy))
-        send_lint_messages([[task_id] for task_id in busy])
     held = [lock.task_id for lock in locks]
     try:
+        if busy:
+            log.info("tasks %s are being linted elsewhere; each is sent on alone to wait for its lock", ",".join(busy))
+            send_lint_messages([[task_id] for task_id in busy])
         with workflow.file_connections(rt) as (conn, claims):
             with workflow.deferred_cache_writes(rt):
                 job_ids, not_started = _lint_in_turn(self, rt, conn, claims, held, locks, hostname,
                                                      transient_retries)
             for job_id in job_ids:
                 workflow.finalize_if_complete(rt, conn, job_id)
+    except Retry:
+        raise
+    except Exception as exc:  # an outage outside a file's own steps: the connection, a send, finalize
+        if not _retries_left(exc, transient_retries):
+            raise
+        _release_quietly(locks)
+        # the whole batch again: a file already recorded is not claimed again, and ends nothing twice
+        _retry_outage(self, task_ids[0], exc, transient_retries, args=(list(task_ids),))
     finally:
         _release_quietly(locks)
-    if not_started:
+    if not_started:  # after the release: their next message must find them free
         log.info("task=%s and %d more: batch ran past the soft limit; sent on as a new batch",
                  not_started[0], len(not_started) - 1)
-        send_lint_messages([not_started])
+        try:
+            send_lint_messages([not_started])
+        except Exception as exc:
+            if not _retries_left(exc, transient_retries):
+                raise
+            _retry_outage(self, not_started[0], exc, transient_retries, args=(not_started,))
 
 
 def _lint_in_turn(task, rt: Runtime, conn, claims, held: list[str], locks: list[TaskLock], hostname: str,

@@ -119,6 +119,34 @@ def test_database_outage_is_retried_with_growing_delays(tmp_path, redis_url, pri
             worker.stop()
 
 
+def test_database_outage_before_a_batch_lints_is_retried_too(tmp_path, redis_url, private_pg):
+    """A batch message opens its connections before its first file: an outage there escaped the
+    task (no retry, message acked), and its files waited minutes for the reaper."""
+    from sqlcheck.celery_app import ANALYSIS_QUEUE, LINT_BATCH_TASK, make_sender
+
+    _reset_redis(redis_url)
+    stack = _make_stack(tmp_path, private_pg.url, redis_url, SQLCHECK_RETRY_BASE_DELAY_S="0.5",
+                        SQLCHECK_RETRY_MAX_DELAY_S="2", SQLCHECK_MAX_RETRIES="10")
+    try:
+        w = stack.start_worker(queues="sql_analysis", concurrency=1)
+        job_id = stack.submit(make_zip({"a.sql": "SELECT 1\n", "b.sql": "select a from t\n"}))
+        rt = _expand_without_sending(stack, job_id)
+        task_ids = [t["id"] for t in _view(stack, job_id)["tasks"]]
+        rt.db.engine.dispose()
+        private_pg.stop()
+        sender = make_sender(stack.settings)
+        sender.send_task(LINT_BATCH_TASK, args=[task_ids], task_id=f"batch-{task_ids[0]}", queue=ANALYSIS_QUEUE)
+        wait_until(lambda: w.log().count(f"task={task_ids[0]} transient error (OperationalError") >= 2, 60,
+                   "two retries of the batch while PostgreSQL is down")
+        private_pg.start()
+        view = stack.wait_job(job_id, 90)
+        assert view["status"] == "SUCCESS" and all(t["attempts"] == 1 for t in view["tasks"])
+        assert "gave up" not in w.log()
+    finally:
+        for worker in stack.workers:
+            worker.stop()
+
+
 def test_outage_longer_than_every_retry_gives_up_and_the_reaper_finishes_it(tmp_path, redis_url, private_pg):
     _reset_redis(redis_url)
     stack = _make_stack(tmp_path, private_pg.url, redis_url, SQLCHECK_RETRY_BASE_DELAY_S="0.2",
