@@ -126,9 +126,11 @@ def killed_batch_files(rt, client: redis.Redis, task_ids: list[str], message_id:
     try:
         others = held_by_another_message(client, running, message_id)
     except redis.RedisError as exc:
-        log.warning("task=%s batch killed; its locks unreadable (%s): ending all its open files",
-                    message_id, exc.__class__.__name__)
-        return running, waiting
+        # Which of them another delivery is linting cannot be told: ending one would throw that
+        # delivery's result away. Left IN_PROGRESS, the reaper sends them again after the hard limit.
+        log.warning("task=%s batch killed; its locks unreadable (%s): its %d open files are left to the reaper",
+                    message_id, exc.__class__.__name__, len(running))
+        return [], waiting
     for task_id in others:
         log.info("task=%s being linted by another delivery; left to it", task_id)
     return [t for t in running if t not in others], waiting

@@ -147,6 +147,8 @@ def test_a_killed_batch_leaves_the_files_another_delivery_is_linting_to_it(rt):
     assert killed_batch_files(rt, client, [a, b, c], "batch-1") == ([a], [c])
     client.delete(*(lock_key(t) for t in (a, b, c)))
     assert killed_batch_files(rt, client, [a, b, c], "batch-1") == ([a, b], [c])  # no lock: nobody else
+    unreadable = redis.Redis(port=1, socket_connect_timeout=1)  # nobody can tell: none is ended here
+    assert killed_batch_files(rt, unreadable, [a, b, c], "batch-1") == ([], [c])
 
 
 def test_a_redelivered_expand_of_an_expanded_job_only_sends_what_was_not_sent(rt):
