@@ -114,6 +114,8 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         uploaded = _uploaded_config(rt, zip_path, expansion.skipped)
         job_config.save_uploaded(rt.share, job_id, uploaded)
         _check_dialect(rt, job_config.effective_dialect(dialect_raw, uploaded, rt.settings.default_dialect))
+        _one_row_per_name(expansion)
+        write_expansion_notes(rt.share, job_id, expansion.skipped)  # may meet a full share too
     except (UserInputError, OutsideShare) as exc:
         fail_job(rt, job_id, str(exc))
         return
@@ -124,8 +126,6 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         fail_job(rt, job_id, f"the share is full ({exc.strerror}) while expanding the archive; "
                              "nothing was kept, please submit the job again later")
         return
-    _one_row_per_name(expansion)
-    write_expansion_notes(rt.share, job_id, expansion.skipped)
     new_tasks = [
         repo.NewTask(
             archive_member=m.name,
@@ -141,7 +141,14 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
     # write-back): each is checked against its row's SHA-256 when it is linted (_read_source).
     with rt.db.session() as s:
         total = repo.create_tasks(s, job_id, new_tasks)
-    if total is None:  # failed meanwhile (hard limit, memory): its files must not be left behind
+    if total is None:
+        with rt.db.session() as s:
+            job = repo.get_job(s, job_id)
+            status, rows = job.status, job.total_tasks
+        if rows:  # another delivery expanded it and its files ended: the sources are that job's
+            log.info("job=%s already %s, expanded by another delivery; duplicate expansion dropped", job_id, status)
+            return
+        # failed meanwhile (hard limit, memory): its files must not be left behind
         shutil.rmtree(rt.share.source_dir(job_id), ignore_errors=True)
         log.warning("job=%s ended while it was being expanded; no task rows written", job_id)
         return

@@ -175,6 +175,31 @@ def test_a_redelivered_expand_of_an_expanded_job_only_sends_what_was_not_sent(rt
         assert all(t.dispatched_at is not None for t in repo.list_tasks(s, job_id))
 
 
+def test_a_second_expansion_that_loses_the_race_to_a_finished_job_keeps_its_sources(rt, monkeypatch, caplog):
+    """Two expansions of one job, both started before either wrote rows (a reaper re-send and the
+    original back from the visibility timeout): the later one found the job no longer PROCESSING
+    and removed the sources of a job that had ended SUCCESS (the contract keeps them)."""
+    caplog.set_level("INFO", logger="sqlcheck")
+    job_id = rt.stack.submit(make_zip({"a.sql": "SELECT 1\n"}))
+    real = workflow.expand_zip_safely
+
+    def the_other_delivery_finishes_first(*args):
+        monkeypatch.setattr(workflow, "expand_zip_safely", real)
+        workflow.expand_job(rt, job_id, lambda messages: None)
+        with rt.db.session() as s:
+            for t in repo.list_tasks(s, job_id):
+                workflow.lint_task(rt, t.id, "test-host")
+        return real(*args)
+
+    monkeypatch.setattr(workflow, "expand_zip_safely", the_other_delivery_finishes_first)
+    workflow.expand_job(rt, job_id, lambda messages: None)
+    with rt.db.session() as s:
+        job, (task,) = repo.get_job(s, job_id), repo.list_tasks(s, job_id)
+    assert job.status == "SUCCESS" and task.status == "SUCCESS"
+    assert rt.share.absolute(task.source_file_path).read_text() == "SELECT 1\n"
+    assert "expanded by another delivery; duplicate expansion dropped" in caplog.text
+
+
 def test_an_expansion_cut_short_after_its_rows_were_written_does_not_fail_the_job(rt, caplog):
     """The zip time limit, a memory kill or an error after the task rows were committed (during the
     cache lookup, the sends or the finalize) must not fail the job: its files may be queued or
