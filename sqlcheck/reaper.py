@@ -218,12 +218,28 @@ def _give_up(rt, report: ReapReport, job_id: str, task_id: str, attempts: int, w
         report.note(f"job={job_id} task={task_id} SUCCESS from the result file an earlier attempt wrote")
 
 
+#: stale PENDING rows are looked at in pages, up to 20 per pass: rows whose messages wait in a
+#: long queue (a backlog) must not hide the lost ones behind them
+PENDING_PAGE_ROWS = 2500
+PENDING_PAGES_PER_PASS = 20
+
+
 def _reap_pending(rt, client, sender, limits: Thresholds, report: ReapReport) -> None:
-    with rt.db.session() as s:
-        rows = [(t.id, t.job_id, t.attempts, t.dispatched_at) for t in repo.stale_pending_tasks(s, limits.lost_before)]
-    if not rows:
-        return
-    queued = queued_args(client, ANALYSIS_QUEUE)
+    queued = None
+    after = None
+    for _page in range(PENDING_PAGES_PER_PASS):
+        with rt.db.session() as s:
+            page = repo.stale_pending_tasks(s, limits.lost_before, PENDING_PAGE_ROWS, after)
+            rows = [(t.id, t.job_id, t.attempts, t.dispatched_at) for t in page]
+            after = (page[-1].created_at, page[-1].id) if page else None
+        if not rows:
+            return
+        if queued is None:  # read once per pass: a long queue is costly to read
+            queued = queued_args(client, ANALYSIS_QUEUE)
+        _reap_pending_rows(rt, client, sender, limits, report, rows, queued)
+
+
+def _reap_pending_rows(rt, client, sender, limits: Thresholds, report: ReapReport, rows, queued) -> None:
     to_send: list[str] = []
     for task_id, job_id, attempts, dispatched_at in rows:
         action = decide_pending(attempts, task_id in queued, _lock_held(client, task_id), limits.max_attempts)

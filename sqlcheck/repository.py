@@ -458,14 +458,17 @@ def stale_in_progress_tasks(session: Session, started_before: datetime, limit: i
     ))
 
 
-def stale_pending_tasks(session: Session, before: datetime, limit: int = 5 * _BATCH) -> list[Task]:
-    """PENDING rows sent before the cut-off, or never sent and created before it."""
-    return list(session.scalars(
-        select(Task).where(
-            Task.status == TaskStatus.PENDING.value,
-            or_(Task.dispatched_at < before, and_(Task.dispatched_at.is_(None), Task.created_at < before)),
-        ).order_by(Task.created_at).limit(limit)
-    ))
+def stale_pending_tasks(session: Session, before: datetime, limit: int = 5 * _BATCH,
+                        after: tuple[datetime, str] | None = None) -> list[Task]:
+    """PENDING rows sent before the cut-off, or never sent and created before it; in (created_at,
+    id) order, from just past `after` (the last row of the page before)."""
+    query = select(Task).where(
+        Task.status == TaskStatus.PENDING.value,
+        or_(Task.dispatched_at < before, and_(Task.dispatched_at.is_(None), Task.created_at < before)),
+    )
+    if after is not None:
+        query = query.where(or_(Task.created_at > after[0], and_(Task.created_at == after[0], Task.id > after[1])))
+    return list(session.scalars(query.order_by(Task.created_at, Task.id).limit(limit)))
 
 
 def requeue_task(session: Session, task_id: str, started_at: datetime | None) -> bool:

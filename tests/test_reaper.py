@@ -70,6 +70,18 @@ def test_never_sent_tasks_are_sent_once_and_queued_ones_are_left(rt):
     assert len(redis.Redis.from_url(rt.settings.broker_url).lrange(ANALYSIS_QUEUE, 0, -1)) == 3
 
 
+def test_a_lost_task_behind_a_long_queued_backlog_is_still_found(rt, monkeypatch):
+    """One pass used to look at the oldest 2,500 stale PENDING rows only: when they all wait in the
+    queue (a backlog), the lost rows of later jobs were never looked at until it drained."""
+    monkeypatch.setattr(reaper, "PENDING_PAGE_ROWS", 2)
+    _backlog_job, backlog = _job_with_tasks(rt, n=5)
+    reaper.Sender(rt.settings).lint(backlog)  # queued, waiting for a worker
+    _job_id, (lost,) = _job_with_tasks(rt, n=1)  # never sent
+    report = _pass(rt, datetime.now(timezone.utc) + timedelta(seconds=1))
+    assert report.resent_tasks == 1 and report.skipped == 5
+    assert _queued(rt, ANALYSIS_QUEUE) == sorted([*backlog, lost])
+
+
 def test_files_of_a_queued_batch_message_are_not_sent_again(rt):
     job_id, ids = _job_with_tasks(rt)
     make_sender(rt.settings).send_task(LINT_BATCH_TASK, args=[ids], task_id=f"batch-{ids[0]}", queue=ANALYSIS_QUEUE)
