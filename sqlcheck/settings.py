@@ -227,6 +227,11 @@ def _validate(s: Settings) -> Settings:
         urlsplit(s.broker_url).port  # noqa: B018 - raises on a port that is not a number in 0-65535
     except ValueError as exc:
         raise ConfigError(f"setting CELERY_BROKER_URL: {exc}") from None
+    longest = max(s.lint_batch_time_limit_s, s.zip_hard_time_limit_s)
+    if s.visibility_timeout_override_s and s.visibility_timeout_override_s <= longest:
+        # Redis would hand a message that is still running to a second worker
+        raise ConfigError(f"setting SQLCHECK_VISIBILITY_TIMEOUT_S must be above the longest a message may run "
+                          f"({longest} s), or 0")
     if s.metrics_port > 65535:
         raise ConfigError("setting SQLCHECK_METRICS_PORT must be a TCP port (0-65535)")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -236,10 +236,13 @@ def conf_path(path: Path | str, expansions: int = 1) -> str:
     return value
 
 
-def systemd_word(value: Path | str) -> str:
-    """One word of a systemd Exec line: % doubled (systemd expands %-specifiers), backslashes and
-    quotes escaped, and the word quoted when it holds a space or a quote."""
+def systemd_word(value: Path | str, program: bool = False) -> str:
+    """One word of a systemd Exec line: % doubled (systemd expands %-specifiers), $ doubled in an
+    argument (systemd expands $NAME there, not in the program's path), backslashes and quotes
+    escaped, and the word quoted when it holds a space or a quote."""
     text = str(value).replace("\\", "\\\\").replace("%", "%%")
+    if not program:
+        text = text.replace("$", "$$")
     if any(c in text for c in " \t\"'"):
         text = '"' + text.replace('"', '\\"') + '"'
     return text
@@ -365,9 +368,9 @@ Type=simple
 UMask=0027
 EnvironmentFile=-/etc/sqlcheck/sqlcheck.env
 # render the configuration from the current settings and migrate the schema before each start
-ExecStartPre={systemd_word(ctl)} config render
-ExecStartPre={systemd_word(ctl)} db upgrade
-ExecStart={systemd_word(supervisord)} -n -c {systemd_word(p.conf)}
+ExecStartPre={systemd_word(ctl, program=True)} config render
+ExecStartPre={systemd_word(ctl, program=True)} db upgrade
+ExecStart={systemd_word(supervisord, program=True)} -n -c {systemd_word(p.conf)}
 # SIGTERM to supervisord only (mixed): it stops each worker warm, TERM to the Celery main process.
 # The default (control-group) would TERM the pool children too and kill the files in flight.
 KillSignal=SIGTERM

@@ -83,6 +83,7 @@ def test_empty_environment_value_means_unset():
         ({"CELERY_BROKER_URL": "redis://127.0.0.1:70000/0"}, "CELERY_BROKER_URL"),
         ({"SQLCHECK_METRICS_PORT": "70000"}, "SQLCHECK_METRICS_PORT"),
         ({"SQLCHECK_LOG_LEVEL": "verbose"}, "SQLCHECK_LOG_LEVEL"),
+        ({"SQLCHECK_VISIBILITY_TIMEOUT_S": "120"}, "SQLCHECK_VISIBILITY_TIMEOUT_S"),  # a batch may run 270 s
     ],
 )
 def test_bad_environment_value_fails_naming_the_setting(env, named):

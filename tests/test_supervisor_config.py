@@ -160,9 +160,9 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
 
 
 def test_a_home_and_a_venv_with_a_space_and_a_percent_sign(tmp_path):
-    """supervisord %-expands its path values and systemd its Exec lines: a literal % must be
-    doubled there, and a space quoted in the unit (it used to split the command)."""
-    home, bin_dir = tmp_path / "home 100%", tmp_path / "my venv" / "bin"
+    """supervisord %-expands its path values and systemd its Exec lines (and $NAME there): a
+    literal % or $ must be doubled, and a space quoted in the unit (it used to split the command)."""
+    home, bin_dir = tmp_path / "home 100%$x", tmp_path / "my $venv" / "bin"  # systemd expands $NAME in arguments
     plan = RenderPlan(load_settings(environ={"SQLCHECK_HOME": str(home)}), bin_dir)
     opts = parse_with_supervisor(render_supervisord_conf(plan), tmp_path)
     assert opts.pidfile == str(home.resolve() / "run" / "supervisord.pid")
@@ -171,7 +171,7 @@ def test_a_home_and_a_venv_with_a_space_and_a_percent_sign(tmp_path):
     assert logs["analysis"] == str(home.resolve() / "logs" / "analysis.log")
 
     unit = render_systemd_unit(plan)
-    conf = str(home.resolve() / "supervisord" / "supervisord.conf").replace("%", "%%")
+    conf = str(home.resolve() / "supervisord" / "supervisord.conf").replace("%", "%%").replace("$", "$$")
     assert f'ExecStart="{bin_dir}/supervisord" -n -c "{conf}"' in unit.splitlines()
     analyze = shutil.which("systemd-analyze")
     if analyze:  # systemd's own reading of the unit, with the programs in place
