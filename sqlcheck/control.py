@@ -534,8 +534,11 @@ def queue_depths(settings: Settings) -> dict[str, int | None]:
 def job_overview(settings: Settings, limit: int = 20) -> dict[str, Any]:
     """Job counts by status, and done/total of the jobs being processed."""
     from sqlcheck import repository as repo
-    from sqlcheck.database import Database
+    from sqlcheck.database import Database, sqlite_path
 
+    embedded = sqlite_path(settings.resolved_database_url)
+    if embedded is not None and not embedded.exists():  # looking must not create it (as root, in the service's home)
+        raise ControlError(f"no database yet at {embedded} (`sqlcheckctl start` or `db upgrade` creates it)")
     db = Database(settings.resolved_database_url)
     try:
         with db.session() as s:

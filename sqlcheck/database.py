@@ -16,6 +16,14 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_ID = 0x5C1C4EC
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for another database or an in-memory one."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def make_engine(url: str, durable: bool = True) -> Engine:
     """Create an engine; SQLite gets WAL and a busy timeout so several workers can share it.
 
@@ -24,9 +32,9 @@ def make_engine(url: str, durable: bool = True) -> Engine:
     order: the next durable commit on any connection flushes them too.
     """
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30}, pool_pre_ping=True)
 
         @event.listens_for(engine, "connect")

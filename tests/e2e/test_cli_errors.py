@@ -3,6 +3,7 @@ a traceback, and never a job left in a state the message does not describe."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -166,3 +167,14 @@ def test_stop_on_a_home_never_started_creates_nothing(rt, tmp_path):
     home = tmp_path / "never-started"
     out = _ctl(rt, "stop", SQLCHECK_HOME=str(home))
     assert out.returncode == 0 and out.stdout.strip() == "sqlcheck is not running" and not home.exists()
+
+
+def test_status_and_health_of_a_home_never_started_create_nothing(rt, tmp_path):
+    """Looking used to create the embedded SQLite database (as root, in the service's home)."""
+    home = tmp_path / "never-started"
+    status = _ctl(rt, "status", "--json", SQLCHECK_HOME=str(home))
+    health = _ctl(rt, "health", "--json", SQLCHECK_HOME=str(home))
+    assert not home.exists()
+    assert json.loads(status.stdout)["state"] == "stopped" and "no database yet" in status.stdout
+    database = json.loads(health.stdout)["checks"]["database"]
+    assert health.returncode != 0 and not database["ok"] and "no database yet" in database["detail"]
