@@ -25,8 +25,18 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
+class TextLineFormatter(logging.Formatter):
+    """The text format (SQLCHECK_LOG_FORMAT=text). A message stays on its line even when it quotes
+    an uploaded name holding a newline (which could otherwise forge a log line); a traceback,
+    when there is one, still follows on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        return super().formatMessage(record)
+
+
 def make_formatter(log_format: str) -> logging.Formatter:
-    return JsonLineFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    return JsonLineFormatter() if log_format == "json" else TextLineFormatter(TEXT_FORMAT)
 
 
 def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
