@@ -310,6 +310,16 @@ class SourceWriter:
         return parent / filename
 
 
+#: what a share's file system says of a name it cannot hold (a long share root, an NFS server
+#: that refuses some bytes): that member is refused, the others are expanded
+_NAME_REFUSED = (errno.ENAMETOOLONG, errno.EILSEQ)
+
+
+def _refused_name(name: str, exc: OSError) -> ArchiveMember:
+    return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER,
+                         message=f"the share cannot hold this name ({exc.strerror})")
+
+
 def _expand_member(
     zf: zipfile.ZipFile,
     info: zipfile.ZipInfo,
@@ -339,6 +349,10 @@ def _expand_member(
         target = writer.target(rel)
     except OutsideShare as exc:
         return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=str(exc))
+    except OSError as exc:
+        if exc.errno not in _NAME_REFUSED:
+            raise
+        return _refused_name(name, exc)
     try:
         data = _inflate(zf, info, name, limits, budget)
     except (*CORRUPT_DATA, OSError, ValueError, OverflowError) as exc:  # ValueError: bad header fields, names
@@ -358,4 +372,8 @@ def _expand_member(
         # "x.sql" and "x.sql/y.sql" in one archive: a file and a folder cannot share a path
         return ArchiveMember(name, rel, rejected=FailureReason.DUPLICATE_MEMBER,
                              message="a file and a folder of the archive have the same path")
+    except OSError as exc:
+        if exc.errno not in _NAME_REFUSED:
+            raise
+        return _refused_name(name, exc)
     return ArchiveMember(name, rel, size=len(data), sha256=hashlib.sha256(data).hexdigest())

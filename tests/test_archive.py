@@ -433,6 +433,19 @@ def _fail_with(err: int):
     return fail
 
 
+def test_a_name_the_share_cannot_hold_under_a_long_share_root_rejects_that_member_only(tmp_path):
+    """Our own length limits leave room for a share root of ~3 kB; a longer one gets ENAMETOOLONG
+    from the file system, which used to fail the whole job as an internal error."""
+    dest = tmp_path.joinpath(*["r" * 200] * 15) / "job" / "sources"  # ~3 kB before the member's path
+    deep = "/".join(["n" * 200] * 5) + ".sql"  # within MAX_PATH_BYTES, past PATH_MAX under that root
+    zip_path = tmp_path / "upload.zip"
+    zip_path.write_bytes(make_zip({deep: "SELECT 1\n", "ok.sql": "SELECT 2\n"}))
+    exp = expand_zip_safely(zip_path, dest, LIMITS)
+    m = by_name(exp)[deep]
+    assert m.rejected is FailureReason.UNSAFE_MEMBER and "cannot hold this name" in m.message
+    assert by_name(exp)["ok.sql"].rejected is None and (dest / "ok.sql").read_text() == "SELECT 2\n"
+
+
 @pytest.mark.parametrize("where", ["opening the upload", "reading a member"])
 def test_share_errors_reach_the_retry_not_the_job(tmp_path, monkeypatch, where):
     """Only the archive's own bytes make it "not a valid ZIP" or "corrupt": an NFS error (ESTALE,
