@@ -15,6 +15,8 @@ import json
 from typing import Any, Iterable
 from urllib.parse import quote
 
+from sqlcheck.archive import safe_relative_path
+
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 #: the uriBaseId of every location: member paths are relative to the uploaded ZIP's root
@@ -109,7 +111,8 @@ def sarif_document(summary: dict[str, Any], results: Iterable[dict[str, Any]]) -
     notifications = [
         {"level": "error", "descriptor": {"id": f["failure_reason"] or "not_analysed"},
          "message": {"text": f"{f['archive_member']}: {f['failure_reason']}: {f['error_message'] or ''}"},
-         "locations": [_location(f["archive_member"])]}
+         # a name refused as unsafe (`../x.sql`, `/abs.sql`, `C:\x.sql`) is no path under the archive's root
+         **({"locations": [_location(f["archive_member"])]} if safe_relative_path(f["archive_member"]) else {})}
         for f in summary.get("files", []) if f["status"] == "FAILURE"
     ]
     if summary.get("error_message"):
