@@ -118,7 +118,7 @@ def write_job_sarif(share: SharePaths, summary: dict[str, Any],
 
     rel = sarif_rel(summary["job_id"])
     # No fsync: it is derived from summary.json (which is synced) and the result files, and
-    # `sqlcheckctl report -f sarif` writes it again; the wait was part of every job's finalize.
+    # `sqlcheckctl report -f sarif` builds the same document again; the wait was part of every job's finalize.
     atomic_write(share.absolute(rel), sarif_bytes(sarif_document(summary, read_results(share, summary, known))), fsync=False)
     return rel
 

@@ -110,6 +110,7 @@ def expand_job(rt: Runtime, job_id: str, send: SendLintMessages) -> None:
         expansion = expand_zip_safely(zip_path, rt.share.source_dir(job_id), rt.limits)
         if not expansion.members:
             found = f"; it holds {len(expansion.skipped)} other entries" if expansion.skipped else ""
+            write_expansion_notes(rt.share, job_id, expansion.skipped)  # the summary lists them
             raise ArchiveError(f"the ZIP archive contains no .sql files{found}")
         uploaded = _uploaded_config(rt, zip_path, expansion.skipped)
         job_config.save_uploaded(rt.share, job_id, uploaded)
