@@ -67,7 +67,7 @@ def configure_app(settings: Settings) -> Celery:
 
     app.tasks[EXPAND_TASK].soft_time_limit = settings.zip_soft_time_limit_s
     app.tasks[EXPAND_TASK].time_limit = settings.zip_hard_time_limit_s
-    # A file's soft limit is a timer of its own in the child (tasks.soft_time_limit): Celery's
+    # A file's soft limit is a timer of its own around its lint (sqlcheck/soft_limit.py): Celery's
     # SoftTimeLimitExceeded is an Exception, which sqlfluff's rule runner swallows.
     app.tasks[LINT_TASK].soft_time_limit = None
     app.tasks[LINT_TASK].time_limit = settings.hard_time_limit_s

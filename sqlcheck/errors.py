@@ -19,12 +19,6 @@ def describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {first_line(exc)}"
 
 
-class SoftLimitReached(BaseException):
-    """A file's soft time limit fired. Not an Exception: sqlfluff runs each rule under `except
-    Exception` and would turn the interruption into an "Unexpected exception" violation and go on
-    linting; the file would end SUCCESS with that made-up result, and the cache would keep it."""
-
-
 class SqlcheckError(Exception):
     """Root of every error sqlcheck raises on purpose."""
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
-from contextlib import contextmanager
 from typing import NoReturn, Sequence
 
 import redis
@@ -18,9 +16,10 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from sqlcheck import counters, workflow
 from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
-from sqlcheck.errors import SoftLimitReached, describe
+from sqlcheck.errors import describe
 from sqlcheck.locks import TaskLock, acquire_many, release_many
 from sqlcheck.retries import backoff_delay_s, is_transient
+from sqlcheck.soft_limit import SoftLimitReached
 from sqlcheck.states import FailureReason
 from sqlcheck.workflow import Runtime
 
@@ -126,8 +125,7 @@ def process_sql_file(self, task_id: str, transient_retries: int = 0) -> None:
         # three waits; "always one more" keeps it until the holder ends or its lock expires (TTL).
         raise self.retry(countdown=rt.settings.lock_retry_delay_s, max_retries=more)
     try:
-        with soft_time_limit(rt.settings.soft_time_limit_s):
-            workflow.lint_task(rt, task_id, hostname, outage_retried=transient_retries < rt.settings.max_retries)
+        workflow.lint_task(rt, task_id, hostname, outage_retried=transient_retries < rt.settings.max_retries)
     except SoftLimitReached:
         _record_soft_timeout(rt, task_id)
     except Exception as exc:
@@ -215,8 +213,7 @@ def _lint_in_turn(task, rt: Runtime, conn, claims, held: list[str], locks: list[
             record(held[i:])
             return job_ids, held[i:]
         try:
-            with soft_time_limit(settings.soft_time_limit_s):
-                done = workflow.lint_file(rt, conn, claims, task_id, hostname, outage_retried)
+            done = workflow.lint_file(rt, conn, claims, task_id, hostname, outage_retried)
         except SoftLimitReached:
             _record_soft_timeout(rt, task_id)
             continue
@@ -259,24 +256,6 @@ def _record_or_retry(task, rt: Runtime, conn, linted: list[workflow.LintedFile],
 
 def _ids(linted: list[workflow.LintedFile]) -> list[str]:
     return [f.result.task_id for f in linted]
-
-
-@contextmanager
-def soft_time_limit(seconds: float):
-    """A file's soft limit, a timer in this child: SIGALRM raises SoftLimitReached, which no
-    `except Exception` inside sqlfluff can swallow (Celery's own SoftTimeLimitExceeded is an
-    Exception, so single-file messages use this timer too, with no Celery soft limit)."""
-
-    def expired(_signum, _frame):
-        raise SoftLimitReached(f"soft time limit ({seconds}s) exceeded")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _retry_lock_outage(task, exc: Exception, transient_retries: int, args: tuple) -> NoReturn:

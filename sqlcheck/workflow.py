@@ -35,6 +35,7 @@ from sqlcheck.result_files import (
 )
 from sqlcheck.settings import Settings
 from sqlcheck.share import OutsideShare, SharePaths
+from sqlcheck.soft_limit import soft_time_limit
 from sqlcheck.states import TERMINAL_JOB_STATUSES, TERMINAL_TASK_STATUSES, FailureReason, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -516,9 +517,10 @@ def _lint_or_cached(rt: Runtime, data: bytes, digest: str, member: str, dialect:
     hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit.encoding, LintReport(hit.violations, hit.parse_errors, time.perf_counter() - started), True
-    text, encoding = decode_sql(data)
-    faults.inject(text, task_id, rt.settings.broker_url)  # test-only; does nothing unless SQLCHECK_ENABLE_FAULTS=1
-    report = lint_sql(text, member, dialect, options, rust)
+    with soft_time_limit(rt.settings.soft_time_limit_s):  # around sqlfluff's work only, never a statement
+        text, encoding = decode_sql(data)
+        faults.inject(text, task_id, rt.settings.broker_url)  # test-only; does nothing unless SQLCHECK_ENABLE_FAULTS=1
+        report = lint_sql(text, member, dialect, options, rust)
     if cache is not None:
         cache.put(key, CachedResult(report.violations, report.parse_errors, encoding))
     return encoding, report, False
