@@ -132,12 +132,19 @@ def _unsafe_kind(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def member_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]:
-    """A member's bytes, at most CHUNK_BYTES at a time, for every compression method.
+#: general purpose flag bit 1 of an LZMA member: its stream ends with an end marker; without
+#: it, the stream ends where the compressed bytes do (the ZIP specification, 4.4.4)
+LZMA_END_MARKER = 0x2
+
+
+def member_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo, most: int) -> Iterator[bytes]:
+    """A member's bytes, at most CHUNK_BYTES at a time, for every compression method; `most` is
+    how many bytes the caller reads at most (it bounds what the inflater may allocate).
 
     zipfile bounds what one read inflates only for deflate: a bzip2 or LZMA member is inflated a
     whole compressed read at a time (a 500-byte bzip2 member is ~800 MiB before any limit could
-    look). Those two are read raw and inflated here with a bound on each output.
+    look). Those two are read raw and inflated here with a bound on each output; their CRC and
+    size are checked at the end, as zipfile checks them.
     """
     if info.compress_type not in (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
         with zf.open(info) as fh:
@@ -147,27 +154,29 @@ def member_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Iterator[bytes]
     raw = copy.copy(info)  # the same entry, read as stored: zipfile checks the header, we inflate
     raw.compress_type, raw.file_size = zipfile.ZIP_STORED, info.compress_size
     del raw.CRC  # the stored CRC is the inflated bytes', checked below
-    crc, inflater, data = 0, None, b""
+    crc, size, inflater, data = 0, 0, None, b""
+    dictionary_bound = min(info.file_size, most + CHUNK_BYTES)  # no distance reaches further back
     with zf.open(raw) as fh:
         while inflater is None:
             more = fh.read(CHUNK_BYTES)
-            inflater, data = _raw_inflater(info.compress_type, data + more, not more, info.file_size)
+            inflater, data = _raw_inflater(info.compress_type, data + more, not more, dictionary_bound)
         while not inflater.eof:
             if inflater.needs_input and not data:
                 data = fh.read(CHUNK_BYTES)
                 if not data:
-                    break  # truncated: said below
+                    break  # the compressed bytes are used up: an end only without an end marker
             chunk = inflater.decompress(data, CHUNK_BYTES)
             data = b""
             if chunk:
-                crc = zlib.crc32(chunk, crc)
+                crc, size = zlib.crc32(chunk, crc), size + len(chunk)
                 yield chunk
-    if not inflater.eof or crc != info.CRC:
+    ended = inflater.eof or (info.compress_type == zipfile.ZIP_LZMA and not info.flag_bits & LZMA_END_MARKER)
+    if not ended or crc != info.CRC or size != info.file_size:
         raise zipfile.BadZipFile(f"bad or truncated {'bzip2' if info.compress_type == zipfile.ZIP_BZIP2 else 'LZMA'} "
                                  f"data in {info.filename!r}")
 
 
-def _raw_inflater(method: int, head: bytes, done: bool, file_size: int):
+def _raw_inflater(method: int, head: bytes, done: bool, dictionary_bound: int):
     """(decompressor, the input left for it), or (None, head) while an LZMA header is incomplete.
 
     A ZIP's LZMA member starts with a version (2 bytes), the properties' size (2 bytes) and
@@ -185,9 +194,8 @@ def _raw_inflater(method: int, head: bytes, done: bool, file_size: int):
     pb, rest = divmod(props[0], 45)
     lp, lc = divmod(rest, 9)
     # The decoder allocates the whole dictionary the header asks for (up to 4 GiB) before the
-    # first byte; no distance in a stream reaches further back than its length, so the claimed
-    # length bounds it (a lying length makes the stream fail as corrupt, which it is).
-    dict_size = max(4096, min(int.from_bytes(props[1:5], "little"), file_size))
+    # first byte; no distance in the bytes read reaches further back than their length.
+    dict_size = max(4096, min(int.from_bytes(props[1:5], "little"), dictionary_bound))
     lzma1 = {"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}
     return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[lzma1]), head[4 + size:]
 
@@ -196,7 +204,7 @@ def _inflate(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: Expa
     """Read one member, at most max_file_bytes; None when it is larger. Raises on bombs."""
     chunks: list[bytes] = []
     size = 0
-    for chunk in member_chunks(zf, info):
+    for chunk in member_chunks(zf, info, limits.max_file_bytes):
         size += len(chunk)
         if size >= RATIO_CHECK_MIN_BYTES and size > limits.max_ratio * max(info.compress_size, 1):
             raise ArchiveError(

@@ -176,7 +176,7 @@ def read_uploaded_config(zip_path: Path, member_names: list[str]) -> UploadedCon
     try:
         with zipfile.ZipFile(zip_path) as zf:
             data = b""
-            for chunk in member_chunks(zf, _info_named(zf, root)):
+            for chunk in member_chunks(zf, _info_named(zf, root), MAX_CONFIG_BYTES):
                 data += chunk
                 if len(data) > MAX_CONFIG_BYTES:
                     break

@@ -15,7 +15,8 @@ from sqlcheck.errors import ArchiveError
 from sqlcheck.retries import is_transient
 from sqlcheck.states import FailureReason
 from tests.helpers import make_zip
-from tests.zipcraft import (ENCRYPTED_FLAG, damage_member_data, set_flag_bits, zip_of_zeros, zip_with_raw_names,
+from tests.zipcraft import (ENCRYPTED_FLAG, damage_member_data, set_flag_bits, zip_of_zeros,
+                             zip_with_lzma_member_without_end_marker, zip_with_raw_names,
                              zip_with_symlink)
 
 LIMITS = ExpansionLimits(max_members=100, max_file_bytes=100_000, max_total_bytes=1_000_000, max_ratio=200)
@@ -310,6 +311,27 @@ def test_an_lzma_dictionary_claim_is_bounded_by_the_member_size(tmp_path):
         tracemalloc.stop()
     assert (dest / "f.sql").read_bytes() == b"select 1;\n" * 100 and exp.members[0].rejected is None
     assert peak < 4 * 1024 * 1024, f"{peak / 2**20:.0f} MiB for a 1 kB member"
+
+
+def test_an_lzma_member_without_an_end_marker_is_expanded(tmp_path):
+    """The ZIP specification lets an LZMA stream end where its compressed bytes do (flag bit 1
+    clear), as 7-Zip may write it; zipfile reads it, and so must we."""
+    text = "".join(f"select c{i} from t where x = '中文{i}';\n" for i in range(300)).encode()
+    exp, dest = expand(tmp_path, zip_with_lzma_member_without_end_marker("noeos.sql", text))
+    assert exp.members[0].rejected is None and (dest / "noeos.sql").read_bytes() == text
+
+
+def test_a_bzip2_member_longer_than_its_header_says_is_corrupt(tmp_path):
+    """zipfile refuses a member whose bytes differ from its header's size (deflate too)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("f.sql", "select 1;\n" * 100)
+    whole = bytearray(buf.getvalue())
+    for sig, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size in both headers
+        where = whole.find(sig) + at
+        whole[where:where + 4] = (10).to_bytes(4, "little")
+    with pytest.raises(ArchiveError, match="corrupt"):
+        expand(tmp_path, bytes(whole))
 
 
 def test_a_wrong_crc_of_a_bzip2_member_is_corrupt(tmp_path):

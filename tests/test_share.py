@@ -70,10 +70,18 @@ def test_atomic_write_creates_parents_and_replaces(tmp_path):
 
 def test_atomic_write_streams_a_file(tmp_path):
     """An upload is copied, not read into memory: a Path is streamed in chunks."""
+    import tracemalloc
+
     source = tmp_path / "upload.zip"
-    source.write_bytes(os.urandom(3 * 2**20 + 17))  # more than one chunk, not a multiple of it
+    source.write_bytes(os.urandom(16 * 2**20 + 17))  # many chunks, not a multiple of one
     target = tmp_path / "share" / "uploads" / "j.zip"
-    atomic_write(target, source)
+    tracemalloc.start()
+    try:
+        atomic_write(target, source)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak / 2**20:.1f} MiB held to copy a 16 MiB file"
     assert target.read_bytes() == source.read_bytes()
     assert os.listdir(target.parent) == ["j.zip"]
 

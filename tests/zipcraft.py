@@ -13,6 +13,7 @@ import io
 import stat
 import struct
 import zipfile
+import zlib
 
 LOCAL_SIG = b"PK\x03\x04"
 CENTRAL_SIG = b"PK\x01\x02"
@@ -98,3 +99,67 @@ def zip_of_zeros(members: dict[str, int], compression: int = zipfile.ZIP_DEFLATE
                     fh.write(chunk[:n])
                     left -= n
     return buf.getvalue()
+
+
+def lzma1_without_end_marker(data: bytes) -> tuple[bytes, bytes]:
+    """(LZMA1 properties, stream) of `data` coded as literals only, with no end marker: what
+    7-Zip may write in a ZIP (flag bit 1 clear, the stream ends where its compressed size does).
+    Python's own LZMA encoder always writes the marker, so it cannot make one."""
+    lc, lp, pb = 3, 0, 2
+    out = bytearray()
+    low, rng, cache, pending = 0, 0xFFFFFFFF, 0, 1
+
+    def shift_low():
+        nonlocal low, cache, pending
+        if low < 0xFF000000 or low >= 1 << 32:
+            carry = low >> 32
+            byte = cache
+            while pending:
+                out.append((byte + carry) & 0xFF)
+                byte, pending = 0xFF, pending - 1
+            cache = (low >> 24) & 0xFF
+        pending += 1
+        low = (low & 0x00FFFFFF) << 8
+
+    def encode_bit(probs, i, bit):
+        nonlocal low, rng
+        bound = (rng >> 11) * probs[i]
+        if bit:
+            low, rng = low + bound, rng - bound
+            probs[i] -= probs[i] >> 5
+        else:
+            rng = bound
+            probs[i] += (2048 - probs[i]) >> 5
+        while rng < 1 << 24:
+            rng = (rng << 8) & 0xFFFFFFFF
+            shift_low()
+
+    is_match, literal, previous = [1024] * (12 << 4), [1024] * (0x300 << (lc + lp)), 0
+    for pos, byte in enumerate(data):
+        encode_bit(is_match, pos & ((1 << pb) - 1), 0)  # state 0: a literal follows a literal
+        base, symbol = 0x300 * (previous >> (8 - lc)), 1
+        for k in range(7, -1, -1):
+            bit = (byte >> k) & 1
+            encode_bit(literal, base + symbol, bit)
+            symbol = (symbol << 1) | bit
+        previous = byte
+    for _ in range(5):
+        shift_low()
+    return bytes([(pb * 5 + lp) * 9 + lc]) + (1 << 16).to_bytes(4, "little"), bytes(out)
+
+
+def zip_with_lzma_member_without_end_marker(name: str, data: bytes) -> bytes:
+    """A ZIP of one LZMA member whose stream has no end marker (flag bit 1 clear)."""
+    props, stream = lzma1_without_end_marker(data)
+    payload = struct.pack("<BBH", 9, 4, len(props)) + props + stream
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(name, payload)
+    out = bytearray(buf.getvalue())
+    crc = zlib.crc32(data)
+    local, central = out.find(LOCAL_SIG), out.find(CENTRAL_SIG)
+    for at, fields in ((local + 4, "<HHH"), (central + 6, "<HHH")):  # version needed, flags, method
+        struct.pack_into(fields, out, at, 63, 0, zipfile.ZIP_LZMA)
+    struct.pack_into("<III", out, local + 14, crc, len(payload), len(data))
+    struct.pack_into("<III", out, central + 16, crc, len(payload), len(data))
+    return bytes(out)
