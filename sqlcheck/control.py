@@ -106,7 +106,7 @@ def write_config(plan: RenderPlan, out_dir: Path | None = None) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         if out_dir is None:
             path.parent.chmod(0o700)
-        atomic_write(path, text.encode(), fsync=False, make_parents=False)  # mkstemp: mode 0600
+        atomic_write(path, text.encode(), fsync=False, make_parents=False, mode=0o600)
         written.append(path)
     return written
 

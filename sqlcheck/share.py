@@ -14,8 +14,8 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 
 from sqlcheck.errors import SqlcheckError
@@ -136,6 +136,16 @@ def _load_syncfs():
 _syncfs = _load_syncfs()
 
 
+def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
+    """A new file beside ``path``, under a random name: (descriptor, name)."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode), tmp
+        except FileExistsError:
+            continue
+
+
 def write_new_file(path: Path, data: bytes) -> None:
     """Write a file that nobody can be reading yet, in place; atomically if it already exists.
 
@@ -145,7 +155,7 @@ def write_new_file(path: Path, data: bytes) -> None:
     also refuses a planted symlink.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask, as atomic_write
     except FileExistsError:
         atomic_write(path, data, fsync=False, make_parents=False)
         return
@@ -153,18 +163,21 @@ def write_new_file(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def atomic_write(path: Path, data: bytes | Path, fsync: bool = True, make_parents: bool = True) -> None:
+def atomic_write(path: Path, data: bytes | Path, fsync: bool = True, make_parents: bool = True,
+                 mode: int = 0o666) -> None:
     """Write ``data`` (bytes, or the contents of the file at that Path, streamed) so that a reader
     sees the old file or the whole new one, never half.
 
     The temporary file lives in the same directory, so ``os.replace`` is a rename
     on the same file system (atomic on NFS too); the rename also replaces, never
-    follows, a symlink planted at ``path``. With ``fsync`` the file and then its directory
-    (the rename) are on disk when this returns.
+    follows, a symlink planted at ``path``. It is created with O_EXCL under a random name (a
+    link planted there is refused) and ``mode`` less the umask: the web service reads the share
+    as another user of the group (mkstemp's 0600 shut it out). With ``fsync`` the file and then
+    its directory (the rename) are on disk when this returns.
     """
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             if isinstance(data, Path):

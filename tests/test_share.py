@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from sqlcheck.share import OutsideShare, SharePaths, atomic_write, resolve_inside
+from sqlcheck.share import OutsideShare, SharePaths, atomic_write, resolve_inside, write_new_file
 
 
 @pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/passwd", "a/\x00b", "jobs/../../outside"])
@@ -66,6 +66,21 @@ def test_atomic_write_creates_parents_and_replaces(tmp_path):
     atomic_write(target, b"two", fsync=False)
     assert target.read_bytes() == b"two"
     assert sorted(os.listdir(target.parent)) == ["f.json"]  # no temp file left behind
+
+
+def test_share_files_are_readable_by_the_group_as_the_umask_says(tmp_path):
+    """The web service reads summary.json and the results as another user of the group: files
+    get 0666 less the umask (supervisord's 027 gives 0640), not mkstemp's 0600."""
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "summary.json", b"{}")
+        atomic_write(tmp_path / "upload.zip", tmp_path / "summary.json")
+        write_new_file(tmp_path / "result.json", b"{}")
+        atomic_write(tmp_path / "result.json", b"[]", fsync=False)  # a redelivery replaces it
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"summary.json": 0o640, "upload.zip": 0o640, "result.json": 0o640}
 
 
 def test_atomic_write_streams_a_file(tmp_path):
