@@ -345,6 +345,10 @@ def job_lint_columns(db: Executor, job_id: str) -> tuple[str | None, str | None]
     return tuple(db.execute(select(Job.dialect, Job.options).where(Job.id == job_id)).one())
 
 
+def job_ids_of(db: Executor, task_ids: Sequence[str]) -> set[str]:
+    return set(db.execute(select(Task.job_id).where(Task.id.in_(list(task_ids))).distinct()).scalars())
+
+
 def job_has_open_tasks(db: Executor, job_id: str) -> bool:
     return db.execute(_HAS_OPEN_TASKS, {"job_id": job_id}).scalar()
 

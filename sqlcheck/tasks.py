@@ -15,6 +15,7 @@ import redis
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from sqlcheck import counters, workflow
+from sqlcheck import repository as repo
 from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
 from sqlcheck.errors import describe
 from sqlcheck.locks import TaskLock, acquire_many, release_many
@@ -165,6 +166,8 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
             with workflow.deferred_cache_writes(rt):
                 job_ids, not_started = _lint_in_turn(self, rt, conn, claims, held, locks, hostname,
                                                      transient_retries)
+            if transient_retries and held:  # a retry: finalizing may be what the outage cut short
+                job_ids |= repo.job_ids_of(conn, held)
             for job_id in job_ids:
                 workflow.finalize_if_complete(rt, conn, job_id)
     except Retry:
