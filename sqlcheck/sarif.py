@@ -71,6 +71,10 @@ def _location(member: str, region: dict[str, int] | None = None) -> dict[str, An
     return {"physicalLocation": physical}
 
 
+def _is_archive_path(failed: dict[str, Any]) -> bool:
+    return failed["failure_reason"] != "unsafe_member" and safe_relative_path(failed["archive_member"]) is not None
+
+
 def _rule(v: dict[str, Any]) -> dict[str, Any]:
     code = v["code"]
     return {
@@ -111,8 +115,9 @@ def sarif_document(summary: dict[str, Any], results: Iterable[dict[str, Any]]) -
     notifications = [
         {"level": "error", "descriptor": {"id": f["failure_reason"] or "not_analysed"},
          "message": {"text": f"{f['archive_member']}: {f['failure_reason']}: {f['error_message'] or ''}"},
-         # a name refused as unsafe (`../x.sql`, `/abs.sql`, `C:\x.sql`) is no path under the archive's root
-         **({"locations": [_location(f["archive_member"])]} if safe_relative_path(f["archive_member"]) else {})}
+         # a name refused as unsafe (`../x.sql`, `/abs.sql`, `C:\x.sql`, a NUL stored as `\x00`) is no
+         # path under the archive's root
+         **({"locations": [_location(f["archive_member"])]} if _is_archive_path(f) else {})}
         for f in summary.get("files", []) if f["status"] == "FAILURE"
     ]
     if summary.get("error_message"):

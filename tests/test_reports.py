@@ -91,12 +91,13 @@ def test_sarif_document_shape():
 def test_a_failed_file_whose_name_leaves_the_archive_has_no_location():
     """SARIF locations are relative to the archive's root: `../x.sql` or `/abs.sql` would point
     outside it (code-scanning tools refuse such logs); the notification's text still names it."""
-    names = ["../../evil.sql", "/tmp/abs.sql", "C:\\win.sql", "ok/名.sql"]
-    files = [{"archive_member": name, "status": "FAILURE", "failure_reason": "unsafe_member", "error_message": "no"}
-             for name in names]
+    names = ["../../evil.sql", "/tmp/abs.sql", "C:\\win.sql", "a/\\x00.sql", "ok/名.sql"]
+    reasons = ["unsafe_member"] * 4 + ["decode_error"]  # a NUL is stored spelled out: a/\x00.sql looks like a path
+    files = [{"archive_member": name, "status": "FAILURE", "failure_reason": reason, "error_message": "no"}
+             for name, reason in zip(names, reasons)]
     notes = sarif_document({**SUMMARY, "files": files}, [])["runs"][0]["invocations"][0]["toolExecutionNotifications"]
-    assert [n["message"]["text"].startswith(name) for name, n in zip(names, notes)] == [True] * 4
-    assert ["locations" in n for n in notes] == [False, False, False, True]
+    assert [n["message"]["text"].startswith(name) for name, n in zip(names, notes)] == [True] * 5
+    assert ["locations" in n for n in notes] == [False, False, False, False, True]
 
 
 def test_independent_sarif_reader_sees_rules_files_and_lines(tmp_path):
