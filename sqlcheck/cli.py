@@ -62,7 +62,8 @@ def user_errors() -> Iterator[None]:
 
         if not is_transient(exc):
             raise
-        err.print(f"[red]error:[/red] a service is unreachable: {describe(exc)}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {describe(exc)} (the database, the broker or the share failed; it may pass: "
+                  "try again)", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAIL) from None
 
 
