@@ -184,15 +184,20 @@ def reap_once(rt: Runtime, client: redis.Redis, sender: Sender, now: datetime | 
     return report
 
 
-def _lock_held(client: redis.Redis, task_id: str) -> bool:
-    return bool(client.exists(lock_key(task_id)))
+def _locks_held(client: redis.Redis, task_ids: list[str]) -> set[str]:
+    """Which of these tasks a live delivery holds the lock of: one round trip for them all."""
+    pipe = client.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.exists(lock_key(task_id))
+    return {task_id for task_id, held in zip(task_ids, pipe.execute()) if held}
 
 
 def _reap_in_progress(rt, client, sender, limits: Thresholds, report: ReapReport) -> None:
     with rt.db.session() as s:
         rows = [(t.id, t.job_id, t.attempts, t.started_at) for t in repo.stale_in_progress_tasks(s, limits.in_progress_before)]
+    held = _locks_held(client, [row[0] for row in rows])
     for task_id, job_id, attempts, started_at in rows:
-        action = decide_in_progress(attempts, _lock_held(client, task_id), limits.max_attempts)
+        action = decide_in_progress(attempts, task_id in held, limits.max_attempts)
         if action == "skip":
             report.skipped += 1
         elif action == "fail":
@@ -241,8 +246,9 @@ def _reap_pending(rt, client, sender, limits: Thresholds, report: ReapReport) ->
 
 def _reap_pending_rows(rt, client, sender, limits: Thresholds, report: ReapReport, rows, queued) -> None:
     to_send: list[str] = []
+    held = _locks_held(client, [row[0] for row in rows if row[0] not in queued])  # a queued one waits anyway
     for task_id, job_id, attempts, dispatched_at in rows:
-        action = decide_pending(attempts, task_id in queued, _lock_held(client, task_id), limits.max_attempts)
+        action = decide_pending(attempts, task_id in queued, task_id in held, limits.max_attempts)
         if action == "skip":
             report.skipped += 1
         elif action == "fail":
