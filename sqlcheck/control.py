@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -474,14 +475,15 @@ def reload(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_di
     if not sup.is_up():
         raise ControlError("supervisord is not running; use `sqlcheckctl start`")
     plan = make_plan(settings, bin_dir)
+    running_longest = _longest_stop_wait_in(plan.paths.conf)  # what the running programs stop with
     write_config(plan)
     added, changed, removed = sup.reload_config()
     gone: list[str] = []
+    longest = max([s.stopwaitsecs for s in programs(plan)] + [running_longest]) or 60
     for group in removed + changed:
         say(f"stopping group {group} (warm)")
         with _already_stopped_is_fine():
             sup.stop_group(group, wait=False)
-        longest = max((s.stopwaitsecs for s in programs(plan)), default=60)
         if not _wait_group_stopped(sup, group, time.monotonic() + longest + 15, say):
             replaced = [g for g in gone if g in changed]
             for g in replaced:  # stopped already: they run again, with their new configuration
@@ -497,6 +499,15 @@ def reload(settings: Settings, timeout_s: float = 300, say: Say = _quiet, bin_di
     if changed or added:
         wait_ready(settings, plan, sup, time.monotonic() + timeout_s, say)
     return ReloadResult(added, changed, removed)
+
+
+def _longest_stop_wait_in(conf: Path) -> int:
+    """The longest stopwaitsecs of a rendered supervisord.conf (0 when unreadable): a program keeps
+    the stop wait it was started with until it is replaced."""
+    try:
+        return max((int(v) for v in re.findall(r"^stopwaitsecs\s*=\s*(\d+)", conf.read_text(), re.M)), default=0)
+    except OSError:
+        return 0
 
 
 # ---- status / health ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from sqlcheck.supervisor_config import (
     STOP_MARGIN_S,
     RenderPlan,
     env_value,
+    programs,
     render_all,
     render_supervisord_conf,
     render_systemd_unit,
@@ -213,6 +214,19 @@ def test_config_render_into_a_fresh_home_gives_a_file_supervisord_starts_from(tm
     opts.realize(args=["-c", str(conf)])  # exits (SystemExit) naming a missing folder
     assert Path(opts.logfile).parent.is_dir() and Path(opts.pidfile).parent.is_dir()
     assert (tmp_path / "fresh" / "run").stat().st_mode & 0o777 == 0o700
+
+
+def test_reload_waits_as_long_as_the_running_programs_stop_not_the_new_ones(tmp_path):
+    """Lowering the time limits and reloading: supervisord stops the running programs with the
+    stop wait they were started with, so reload must wait that long, not the new, shorter one."""
+    from sqlcheck.control import _longest_stop_wait_in, write_config
+
+    home = tmp_path / "home"
+    old = RenderPlan(load_settings(environ={"SQLCHECK_HOME": str(home)}), Path("/venv/bin"))
+    write_config(old)
+    longest_old = max(spec.stopwaitsecs for spec in programs(old))
+    assert _longest_stop_wait_in(old.paths.conf) == longest_old > 0
+    assert _longest_stop_wait_in(tmp_path / "missing.conf") == 0
 
 
 def test_the_unit_sets_the_umask_supervisord_cannot_under_systemd():
