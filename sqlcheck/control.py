@@ -380,6 +380,11 @@ def _wait_pid_gone(pid: int, timeout_s: float) -> bool:
         return False
 
 
+#: seconds before supervisord's SIGKILL that a stop still waiting turns cold (stopwaitsecs is the
+#: longest a message may run + STOP_MARGIN_S, so the warm wait still outlasts every message)
+COLD_BEFORE_KILL_S = 15
+
+
 @one_at_a_time
 def stop(settings: Settings, timeout_s: float | None = None, say: Say = _quiet) -> StopResult:
     """Warm stop: workers finish their files (unstarted messages stay in Redis), then supervisord exits.
@@ -401,7 +406,10 @@ def stop(settings: Settings, timeout_s: float | None = None, say: Say = _quiet) 
     result.waited_for = _in_flight(settings, nodes)
     for line in result.waited_for:
         say(f"in flight, will finish first: {line}")
-    wait_s = timeout_s if timeout_s is not None else max(s.stopwaitsecs for s in worker_specs(plan)) + 10
+    # By default, turn cold a little before supervisord would SIGKILL (at stopwaitsecs): a cold
+    # shutdown gives the messages in flight back to Redis at once; a SIGKILL leaves them to the
+    # visibility timeout.
+    wait_s = timeout_s if timeout_s is not None else max(s.stopwaitsecs for s in worker_specs(plan)) - COLD_BEFORE_KILL_S
     say(f"stopping the workers warm (TERM), waiting up to {wait_s:.0f} s")
     with _already_stopped_is_fine():
         sup.stop_group(GROUP, wait=False)

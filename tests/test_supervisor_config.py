@@ -229,6 +229,14 @@ def test_reload_waits_as_long_as_the_running_programs_stop_not_the_new_ones(tmp_
     assert _longest_stop_wait_in(tmp_path / "missing.conf") == 0
 
 
+def test_a_default_stop_turns_cold_before_supervisord_kills_and_after_every_message_ended():
+    """stopwaitsecs = the longest a message may run + STOP_MARGIN_S: `stop` turns cold (SIGQUIT,
+    the messages in flight back to Redis at once) inside that margin, before supervisord's SIGKILL."""
+    from sqlcheck.control import COLD_BEFORE_KILL_S
+
+    assert 0 < COLD_BEFORE_KILL_S < STOP_MARGIN_S
+
+
 def test_the_unit_sets_the_umask_supervisord_cannot_under_systemd():
     assert "\nUMask=0027\n" in render_all(sample_plan())["systemd/sqlcheck.service"]
 
