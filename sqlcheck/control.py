@@ -581,7 +581,10 @@ def status(settings: Settings, bin_dir: Path | None = None) -> dict[str, Any]:
         doc["supervisord"] = {"pid": sup.pid(), "state": sup.state()}
         procs = sup.processes()
     except ControlError as exc:
-        doc["supervisord"] = {"error": str(exc), "pid": pidfile_pid(plan.paths)}
+        run_dir = plan.paths.run_dir
+        doc["supervisord"] = {"error": str(exc), "pid": pidfile_pid(plan.paths),
+                              # this user cannot see its socket or pidfile (run/ is 0700): nobody can say
+                              "no_access": run_dir.exists() and not os.access(run_dir, os.R_OK | os.X_OK)}
         procs = []
     for p in procs:
         entry: dict[str, Any] = {"name": p.full_name, "state": p.state, "pid": p.pid or None,
@@ -613,7 +616,7 @@ def overall_state(doc: dict[str, Any]) -> str:
     """running (all up), stopped (no supervisord or nothing running), partial, or unknown."""
     sup = doc.get("supervisord") or {}
     if "error" in sup:
-        return "unknown" if sup.get("pid") else "stopped"
+        return "unknown" if sup.get("pid") or sup.get("no_access") else "stopped"
     states = [p["state"] for p in doc["programs"]]
     if not states or all(st in STOPPED_STATES for st in states):
         return "stopped"

@@ -51,6 +51,8 @@ def _doc(states, pings, sup=None):
     (_doc(["STOPPED", "STOPPED"], [False, False]), "stopped"),
     (_doc([], [], {"error": "not running", "pid": None}), "stopped"),
     (_doc([], [], {"error": "no answer", "pid": 4242}), "unknown"),
+    # a user who cannot read run/ (0700) cannot tell: not "stopped"
+    (_doc([], [], {"error": "Permission denied", "pid": None, "no_access": True}), "unknown"),
 ])
 def test_overall_state_follows_lsb_meanings(doc, state):
     assert overall_state(doc) == state
