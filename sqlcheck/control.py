@@ -35,6 +35,7 @@ from sqlcheck.supervisor_config import (
     SupervisorPaths,
     programs,
     render_all,
+    systemd_word,
     venv_bin_dir,
     wants_embedded_redis,
 )
@@ -185,6 +186,19 @@ def supervisor_for(settings: Settings, timeout_s: float = 30.0) -> Supervisor:
     return Supervisor(SupervisorPaths(settings.home.resolve()).socket, timeout_s)
 
 
+#: where the rendered unit is installed (README "systemd"; bin/provision-worker installs it there)
+SYSTEMD_UNIT = Path("/etc/systemd/system/sqlcheck.service")
+
+
+def run_by_systemd(plan: RenderPlan) -> bool:
+    """Whether the installed systemd unit runs the supervisord of this home."""
+    try:
+        unit = SYSTEMD_UNIT.read_text()
+    except OSError:
+        return False
+    return f" -c {systemd_word(plan.paths.conf)}\n" in unit
+
+
 def pidfile_pid(paths: SupervisorPaths) -> int | None:
     """The supervisord pid from its pidfile, if that process is alive and is a supervisord: the
     pidfile outlives a crash or a reboot, and its pid may belong to anything by then."""
@@ -312,6 +326,9 @@ def start(settings: Settings, timeout_s: float = 120, say: Say = _quiet, bin_dir
     else:
         plan = make_plan(settings, bin_dir)
         paths = plan.paths
+        if run_by_systemd(plan):
+            raise ControlError(f"this home is run by systemd ({SYSTEMD_UNIT}): `systemctl start {SYSTEMD_UNIT.name}`; "
+                               "a supervisord started here would hold its socket and keep the unit from starting")
         write_config(plan)
         say(f"configuration written to {paths.conf}")
         try:

@@ -163,6 +163,26 @@ def test_control_commands_of_one_home_run_one_at_a_time(rt):
     assert _ctl(rt, "stop").stdout.strip() == "sqlcheck is not running"  # the lock is free again
 
 
+def test_start_and_restart_of_a_home_systemd_runs_point_to_systemctl(rt, tmp_path, monkeypatch):
+    """With the unit stopped, `start` (and `restart`, which starts) used to launch a supervisord
+    outside systemd: it held the socket, and the unit then failed to start every 5 s."""
+    from sqlcheck import control
+    from sqlcheck.settings import load_settings
+    from sqlcheck.supervisor_config import render_systemd_unit
+
+    plan = control.make_plan(rt.settings)
+    unit = tmp_path / "sqlcheck.service"
+    unit.write_text(render_systemd_unit(plan))
+    monkeypatch.setattr(control, "SYSTEMD_UNIT", unit)
+    for command in (control.start, control.restart):
+        with pytest.raises(ControlError, match="run by systemd .*systemctl start sqlcheck.service"):
+            command(rt.settings, 5)
+    assert not (rt.settings.home.resolve() / "run" / "supervisord.pid").exists()
+    unit.write_text(render_systemd_unit(control.make_plan(load_settings(
+        environ={**rt.stack.env, "SQLCHECK_HOME": str(tmp_path / "another-home")}))))
+    assert not control.run_by_systemd(plan)  # the unit of another home
+
+
 def test_stop_on_a_home_never_started_creates_nothing(rt, tmp_path):
     home = tmp_path / "never-started"
     out = _ctl(rt, "stop", SQLCHECK_HOME=str(home))
