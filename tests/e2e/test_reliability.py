@@ -89,17 +89,28 @@ def test_duplicate_delivery_waits_for_the_lock_and_lints_once(pg_stack):
     assert [p.name for p in results] == [f"{task['id']}.json"]
 
 
-def test_database_outage_is_retried_with_growing_delays(tmp_path, redis_url, private_pg):
+def _two_files_then_postgres_down(tmp_path, redis_url, private_pg, max_delay_s: float):
+    """(stack, analysis worker, job id, task ids): a job of two files expanded here, none of them
+    sent, and the private PostgreSQL stopped."""
     _reset_redis(redis_url)
     stack = _make_stack(tmp_path, private_pg.url, redis_url, SQLCHECK_RETRY_BASE_DELAY_S="0.5",
-                        SQLCHECK_RETRY_MAX_DELAY_S="30", SQLCHECK_MAX_RETRIES="10")
+                        SQLCHECK_RETRY_MAX_DELAY_S=str(max_delay_s), SQLCHECK_MAX_RETRIES="10")
+    w = stack.start_worker(queues="sql_analysis", concurrency=1)
     try:
-        w = stack.start_worker(queues="sql_analysis", concurrency=1)
         job_id = stack.submit(make_zip({"a.sql": "SELECT 1\n", "b.sql": "select a from t\n"}))
         rt = _expand_without_sending(stack, job_id)
         task_ids = [t["id"] for t in _view(stack, job_id)["tasks"]]
         rt.db.engine.dispose()
         private_pg.stop()
+    except BaseException:
+        w.stop()
+        raise
+    return stack, w, job_id, task_ids
+
+
+def test_database_outage_is_retried_with_growing_delays(tmp_path, redis_url, private_pg):
+    stack, w, job_id, task_ids = _two_files_then_postgres_down(tmp_path, redis_url, private_pg, max_delay_s=30)
+    try:
         Sender(stack.settings).lint(task_ids)
         retry_line = re.compile(r"task=(\S+) transient error \((\w+).*; retry (\d+) in ([\d.]+)s")
         wait_until(lambda: min(sum(1 for m in retry_line.findall(w.log()) if m[0] == t) for t in task_ids) >= 3, 60,
@@ -124,16 +135,8 @@ def test_database_outage_before_a_batch_lints_is_retried_too(tmp_path, redis_url
     task (no retry, message acked), and its files waited minutes for the reaper."""
     from sqlcheck.celery_app import ANALYSIS_QUEUE, LINT_BATCH_TASK, make_sender
 
-    _reset_redis(redis_url)
-    stack = _make_stack(tmp_path, private_pg.url, redis_url, SQLCHECK_RETRY_BASE_DELAY_S="0.5",
-                        SQLCHECK_RETRY_MAX_DELAY_S="2", SQLCHECK_MAX_RETRIES="10")
+    stack, w, job_id, task_ids = _two_files_then_postgres_down(tmp_path, redis_url, private_pg, max_delay_s=2)
     try:
-        w = stack.start_worker(queues="sql_analysis", concurrency=1)
-        job_id = stack.submit(make_zip({"a.sql": "SELECT 1\n", "b.sql": "select a from t\n"}))
-        rt = _expand_without_sending(stack, job_id)
-        task_ids = [t["id"] for t in _view(stack, job_id)["tasks"]]
-        rt.db.engine.dispose()
-        private_pg.stop()
         sender = make_sender(stack.settings)
         sender.send_task(LINT_BATCH_TASK, args=[task_ids], task_id=f"batch-{task_ids[0]}", queue=ANALYSIS_QUEUE)
         wait_until(lambda: w.log().count(f"task={task_ids[0]} transient error (OperationalError") >= 2, 60,
