@@ -154,24 +154,28 @@ def member_chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo, most: int) -> Iter
     raw = copy.copy(info)  # the same entry, read as stored: zipfile checks the header, we inflate
     raw.compress_type, raw.file_size = zipfile.ZIP_STORED, info.compress_size
     del raw.CRC  # the stored CRC is the inflated bytes', checked below
+    # Without an end marker the decoder cannot tell where the stream ends and may decode a byte
+    # or two of padding past it: such a member ends at its header's size, as zipfile ends it.
+    unmarked = info.compress_type == zipfile.ZIP_LZMA and not info.flag_bits & LZMA_END_MARKER
     crc, size, inflater, data = 0, 0, None, b""
     dictionary_bound = min(info.file_size, most + CHUNK_BYTES)  # no distance reaches further back
     with zf.open(raw) as fh:
         while inflater is None:
             more = fh.read(CHUNK_BYTES)
             inflater, data = _raw_inflater(info.compress_type, data + more, not more, dictionary_bound)
-        while not inflater.eof:
+        while not inflater.eof and not (unmarked and size == info.file_size):
             if inflater.needs_input and not data:
                 data = fh.read(CHUNK_BYTES)
                 if not data:
-                    break  # the compressed bytes are used up: an end only without an end marker
+                    break  # the compressed bytes are used up: the size check below says if too soon
             chunk = inflater.decompress(data, CHUNK_BYTES)
             data = b""
+            if unmarked:
+                chunk = chunk[:info.file_size - size]
             if chunk:
                 crc, size = zlib.crc32(chunk, crc), size + len(chunk)
                 yield chunk
-    ended = inflater.eof or (info.compress_type == zipfile.ZIP_LZMA and not info.flag_bits & LZMA_END_MARKER)
-    if not ended or crc != info.CRC or size != info.file_size:
+    if not (inflater.eof or unmarked) or crc != info.CRC or size != info.file_size:
         raise zipfile.BadZipFile(f"bad or truncated {'bzip2' if info.compress_type == zipfile.ZIP_BZIP2 else 'LZMA'} "
                                  f"data in {info.filename!r}")
 

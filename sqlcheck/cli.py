@@ -288,7 +288,7 @@ def start(timeout: float = typer.Option(120, help="seconds to wait until every w
 
 @app.command()
 def stop(timeout: Optional[float] = typer.Option(None, help="seconds to wait for files in flight, then cold "
-                                                 "shutdown (they go back to Redis); default stopwaitsecs + 10")) -> None:
+                                                 "shutdown (they go back to Redis); default each worker's stopwaitsecs - 15")) -> None:
     """Stop the workers warm (files in flight finish, queued messages stay in Redis), then supervisord."""
     from sqlcheck.control import stop as stop_daemon
 

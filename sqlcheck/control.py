@@ -39,7 +39,8 @@ from sqlcheck.supervisor_config import (
     venv_bin_dir,
     wants_embedded_redis,
 )
-from sqlcheck.supervisor_control import ALREADY_STARTED, NOT_RUNNING, STOPPED_STATES, Supervisor, SupervisorFault
+from sqlcheck.supervisor_control import (ALREADY_STARTED, NOT_RUNNING, STOPPED_STATES, ProcessInfo, Supervisor,
+                                         SupervisorFault)
 
 Say = Callable[[str], None]
 QUEUES = ("zip_processing", "sql_analysis")
@@ -372,12 +373,16 @@ def _in_flight(settings: Settings, nodes: list[str]) -> list[str]:
             for r in reqs]
 
 
-def _wait_group_stopped(sup: Supervisor, group: str, deadline: float, say: Say) -> bool:
+def _wait_group_stopped(sup: Supervisor, group: str, deadline: float, say: Say,
+                        on_busy: Callable[[list[ProcessInfo]], None] | None = None) -> bool:
+    """Whether the group stopped before `deadline`; `on_busy` sees what still runs at each look."""
     last = None
     while True:
         busy = [p for p in sup.processes() if p.group == group and p.state not in STOPPED_STATES]
         if not busy:
             return True
+        if on_busy is not None:
+            on_busy(busy)
         names = ", ".join(f"{p.full_name} ({p.state})" for p in busy)
         if names != last:
             say(f"waiting for {names}")
@@ -423,23 +428,28 @@ def stop(settings: Settings, timeout_s: float | None = None, say: Say = _quiet) 
     result.waited_for = _in_flight(settings, nodes)
     for line in result.waited_for:
         say(f"in flight, will finish first: {line}")
-    # By default, turn cold a little before supervisord would SIGKILL (at stopwaitsecs): a cold
-    # shutdown gives the messages in flight back to Redis at once; a SIGKILL leaves them to the
-    # visibility timeout.
-    wait_s = timeout_s if timeout_s is not None else max(s.stopwaitsecs for s in worker_specs(plan)) - COLD_BEFORE_KILL_S
-    say(f"stopping the workers warm (TERM), waiting up to {wait_s:.0f} s")
-    with _already_stopped_is_fine():
-        sup.stop_group(GROUP, wait=False)
-    if not _wait_group_stopped(sup, GROUP, time.monotonic() + wait_s, say):
-        result.cold = True
-        say(f"timeout after {wait_s:.0f} s: SIGQUIT (cold shutdown; files in flight go back to Redis)")
-        for p in sup.processes():
-            if p.group == GROUP and p.pid:
+    # By default each worker turns cold a little before supervisord would SIGKILL it (at its own
+    # stopwaitsecs): a cold shutdown gives its messages in flight back to Redis at once; a
+    # SIGKILL leaves them to the visibility timeout.
+    stopping = time.monotonic()
+    cold_at = {_full_name(spec): stopping + (timeout_s if timeout_s is not None else spec.stopwaitsecs - COLD_BEFORE_KILL_S)
+               for spec in worker_specs(plan)}
+    say(f"stopping the workers warm (TERM), waiting up to {max(cold_at.values()) - stopping:.0f} s")
+
+    def cold_when_due(busy: list[ProcessInfo]) -> None:
+        for p in busy:
+            if p.full_name in cold_at and time.monotonic() >= cold_at[p.full_name] and p.pid:
+                del cold_at[p.full_name]
+                result.cold = True
+                say(f"{p.full_name} still stopping: SIGQUIT (cold shutdown; its files in flight go back to Redis)")
                 try:
                     os.kill(p.pid, signal.SIGQUIT)
                 except ProcessLookupError:
                     pass
-        _wait_group_stopped(sup, GROUP, time.monotonic() + 30, say)
+
+    with _already_stopped_is_fine():
+        sup.stop_group(GROUP, wait=False)
+    _wait_group_stopped(sup, GROUP, max(cold_at.values()) + 30, say, cold_when_due)
     say("workers stopped; shutting supervisord down")
     sup.shutdown()
     if not _wait_pid_gone(daemon_pid, 120):
@@ -598,10 +608,9 @@ def status(settings: Settings, bin_dir: Path | None = None) -> dict[str, Any]:
         doc["supervisord"] = {"pid": sup.pid(), "state": sup.state()}
         procs = sup.processes()
     except ControlError as exc:
-        run_dir = plan.paths.run_dir
         doc["supervisord"] = {"error": str(exc), "pid": pidfile_pid(plan.paths),
                               # this user cannot see its socket or pidfile (run/ is 0700): nobody can say
-                              "no_access": run_dir.exists() and not os.access(run_dir, os.R_OK | os.X_OK)}
+                              "no_access": _no_access(plan.paths.run_dir)}
         procs = []
     for p in procs:
         entry: dict[str, Any] = {"name": p.full_name, "state": p.state, "pid": p.pid or None,
@@ -627,6 +636,13 @@ def status(settings: Settings, bin_dir: Path | None = None) -> dict[str, Any]:
         doc["jobs"] = {"error": describe(exc)}
     doc["state"] = overall_state(doc)
     return doc
+
+
+def _no_access(run_dir: Path) -> bool:
+    try:
+        return run_dir.exists() and not os.access(run_dir, os.R_OK | os.X_OK)
+    except OSError:  # the home itself is closed to this user
+        return True
 
 
 def overall_state(doc: dict[str, Any]) -> str:

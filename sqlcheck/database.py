@@ -20,7 +20,9 @@ def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL; None for another database or an in-memory one."""
     if not url.startswith("sqlite"):
         return None
-    path = url.split("///", 1)[-1]
+    if "///" not in url:  # sqlite:// is a database in memory
+        return None
+    path = url.split("///", 1)[1].split("?", 1)[0]  # sqlite:///x.db?timeout=5 names x.db
     return Path(path) if path and path != ":memory:" else None
 
 

@@ -137,9 +137,10 @@ _syncfs = _load_syncfs()
 
 
 def _create_temporary(path: Path, mode: int) -> tuple[int, str]:
-    """A new file beside ``path``, under a random name: (descriptor, name)."""
+    """A new file beside ``path``, under a short random name (not derived from ``path``'s: a name
+    the share just holds would be too long with a suffix): (descriptor, name)."""
     while True:
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp = str(path.parent / f".sqlcheck-{secrets.token_hex(8)}.tmp")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode), tmp
         except FileExistsError:

@@ -15,7 +15,6 @@ import redis
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from sqlcheck import counters, workflow
-from sqlcheck import repository as repo
 from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
 from sqlcheck.errors import describe
 from sqlcheck.locks import TaskLock, acquire_many, release_many
@@ -127,6 +126,9 @@ def process_sql_file(self, task_id: str, transient_retries: int = 0) -> None:
         raise self.retry(countdown=rt.settings.lock_retry_delay_s, max_retries=more)
     try:
         workflow.lint_task(rt, task_id, hostname, outage_retried=transient_retries < rt.settings.max_retries)
+        if transient_retries:  # a retry: finalizing may be what the outage cut short
+            with workflow.file_connections(rt) as (conn, _claims):
+                workflow.finalize_jobs_of(rt, conn, [task_id])
     except SoftLimitReached:
         _record_soft_timeout(rt, task_id)
     except Exception as exc:
@@ -166,10 +168,10 @@ def process_sql_files(self, task_ids: list[str], transient_retries: int = 0) -> 
             with workflow.deferred_cache_writes(rt):
                 job_ids, not_started = _lint_in_turn(self, rt, conn, claims, held, locks, hostname,
                                                      transient_retries)
-            if transient_retries and held:  # a retry: finalizing may be what the outage cut short
-                job_ids |= repo.job_ids_of(conn, held)
             for job_id in job_ids:
                 workflow.finalize_if_complete(rt, conn, job_id)
+            if transient_retries and held:  # a retry: finalizing may be what the outage cut short
+                workflow.finalize_jobs_of(rt, conn, held)
     except Retry:
         raise
     except Exception as exc:  # an outage outside a file's own steps: the connection, a send, finalize

@@ -437,6 +437,13 @@ def finalize_if_complete(rt: Runtime, conn, job_id: str) -> None:
         finalize_job(rt, job_id)
 
 
+def finalize_jobs_of(rt: Runtime, conn, task_ids: Sequence[str]) -> None:
+    """finalize_if_complete for the jobs of these tasks: a message retried after an outage may
+    find its files recorded and lint none, while the outage cut its finalize short."""
+    for job_id in repo.job_ids_of(conn, task_ids):
+        finalize_if_complete(rt, conn, job_id)
+
+
 def running_and_waiting(rt: Runtime, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
     """Of a batch whose child was killed: the files it had claimed and not recorded (IN_PROGRESS:
     the one it was linting, and those linted whose rows it would have recorded at the end), and

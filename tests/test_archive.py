@@ -316,9 +316,11 @@ def test_an_lzma_dictionary_claim_is_bounded_by_the_member_size(tmp_path):
 def test_an_lzma_member_without_an_end_marker_is_expanded(tmp_path):
     """The ZIP specification lets an LZMA stream end where its compressed bytes do (flag bit 1
     clear), as 7-Zip may write it; zipfile reads it, and so must we."""
-    text = "".join(f"select c{i} from t where x = '中文{i}';\n" for i in range(300)).encode()
-    exp, dest = expand(tmp_path, zip_with_lzma_member_without_end_marker("noeos.sql", text))
-    assert exp.members[0].rejected is None and (dest / "noeos.sql").read_bytes() == text
+    for n in range(1, 120):  # the decoder may run a byte or two past the end for some lengths
+        text = "".join(f"select c{i} from t where x = '中文{i}';\n" for i in range(n)).encode()
+        (tmp_path / str(n)).mkdir()
+        exp, dest = expand(tmp_path / str(n), zip_with_lzma_member_without_end_marker("noeos.sql", text))
+        assert exp.members[0].rejected is None and (dest / "noeos.sql").read_bytes() == text, n
 
 
 def test_a_bzip2_member_longer_than_its_header_says_is_corrupt(tmp_path):

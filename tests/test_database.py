@@ -55,3 +55,14 @@ def test_only_claim_connections_skip_the_wait_for_the_disk(pg_server_url, tmp_pa
     with sqlite.autocommit(durable=False) as conn:  # SQLite: the same engine
         assert conn.exec_driver_sql("SELECT 1").scalar() == 1
     assert sqlite._claims_engine is None
+
+
+def test_sqlite_path_of_a_url():
+    from pathlib import Path
+
+    from sqlcheck.database import sqlite_path
+
+    assert sqlite_path("sqlite:////var/lib/x.db") == Path("/var/lib/x.db")
+    assert sqlite_path("sqlite:////var/lib/x.db?timeout=5") == Path("/var/lib/x.db")
+    assert sqlite_path("sqlite://") is None and sqlite_path("sqlite:///:memory:") is None
+    assert sqlite_path("postgresql+psycopg://u@h/db") is None

@@ -68,6 +68,14 @@ def test_atomic_write_creates_parents_and_replaces(tmp_path):
     assert sorted(os.listdir(target.parent)) == ["f.json"]  # no temp file left behind
 
 
+def test_a_file_with_the_longest_name_the_share_holds_can_be_replaced(tmp_path):
+    """A redelivered expansion replaces its sources: the temporary name must fit where the name did."""
+    target = tmp_path / ("n" * 251 + ".sql")
+    write_new_file(target, b"SELECT 1\n")
+    write_new_file(target, b"SELECT 2\n")  # exists: replaced by rename
+    assert target.read_bytes() == b"SELECT 2\n" and os.listdir(tmp_path) == [target.name]
+
+
 def test_share_files_are_readable_by_the_group_as_the_umask_says(tmp_path):
     """The web service reads summary.json and the results as another user of the group: files
     get 0666 less the umask (supervisord's 027 gives 0640), not mkstemp's 0600."""
@@ -250,5 +258,5 @@ def test_a_durable_write_syncs_the_file_and_then_its_directory(tmp_path, monkeyp
     share = SharePaths(tmp_path)
     job_config.save_uploaded(share, "job-1", job_config.UploadedConfig())
     job_dir = str(share.job_dir("job-1"))
-    assert len(synced) == 2 and synced[0].startswith(job_dir + "/.uploaded_config.json.") and synced[1] == job_dir
+    assert len(synced) == 2 and synced[0].startswith(job_dir + "/.sqlcheck-") and synced[1] == job_dir
     assert (share.job_dir("job-1") / "uploaded_config.json").exists()

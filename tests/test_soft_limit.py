@@ -97,3 +97,22 @@ def test_a_body_that_swallows_each_firing_is_stopped_by_the_next():
                     if swallowed == 2:
                         break  # a caller that gives up after two, the body then returns normally
     assert swallowed == 2 and time.monotonic() - started < 3  # 0.1 s, then REFIRE_S later
+
+
+def test_a_firing_that_lands_in_the_clean_up_is_noted_and_the_clean_up_runs():
+    """A re-firing handled as the block exits (Python checks for signals on entering a function)
+    used to raise inside the clean-up, before the timer was disarmed: the timer then went on
+    firing in the caller's `except` (a database write). Handled in __enter__/__exit__, a firing
+    is only noted; __exit__ disarms, restores the handler, then raises for it."""
+    from types import SimpleNamespace
+
+    before = signal.getsignal(signal.SIGALRM)
+    limit = soft_time_limit(30)
+    with pytest.raises(SoftLimitReached):
+        with limit:
+            limit._expired(signal.SIGALRM, SimpleNamespace(f_code=soft_time_limit.__exit__.__code__))
+            assert limit.fired  # noted, not raised: the body goes on to the clean-up
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is before
+    with pytest.raises(SoftLimitReached):  # anywhere else it raises at once
+        limit._expired(signal.SIGALRM, SimpleNamespace(f_code=test_soft_time_limit_lets_a_quick_file_through.__code__))

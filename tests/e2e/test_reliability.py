@@ -150,12 +150,14 @@ def test_database_outage_before_a_batch_lints_is_retried_too(tmp_path, redis_url
             worker.stop()
 
 
-def test_a_retried_batch_finalizes_the_job_its_outage_left_unfinished(pg_stack):
-    """An outage while finalizing sends the batch again; every file of it is recorded by then, so
-    the retry lints nothing, and it used to finalize nothing either: the job waited for the reaper."""
-    from sqlcheck.celery_app import ANALYSIS_QUEUE, LINT_BATCH_TASK, make_sender
+@pytest.mark.parametrize("message", ["batch", "single file"])
+def test_a_retried_message_finalizes_the_job_its_outage_left_unfinished(pg_stack, message):
+    """An outage while finalizing sends the message again; its files are recorded by then, so the
+    retry lints nothing, and it used to finalize nothing either: the job waited for the reaper."""
+    from sqlcheck.celery_app import ANALYSIS_QUEUE, LINT_BATCH_TASK, LINT_TASK, make_sender
 
-    job_id = pg_stack.submit(make_zip({"a.sql": "SELECT 1\n", "b.sql": "select a from t\n"}))
+    files = {"a.sql": "SELECT 1\n", "b.sql": "select a from t\n"} if message == "batch" else {"a.sql": "SELECT 1\n"}
+    job_id = pg_stack.submit(make_zip(files))
     rt = _expand_without_sending(pg_stack, job_id)
     with workflow.file_connections(rt) as (conn, claims):
         task_ids = [t["id"] for t in _view(pg_stack, job_id)["tasks"]]
@@ -164,8 +166,13 @@ def test_a_retried_batch_finalizes_the_job_its_outage_left_unfinished(pg_stack):
     rt.db.engine.dispose()
     assert _view(pg_stack, job_id)["status"] == "PROCESSING"
     w = pg_stack.start_worker(queues="sql_analysis", concurrency=1)
-    make_sender(pg_stack.settings).send_task(LINT_BATCH_TASK, args=[task_ids], kwargs={"transient_retries": 1},
-                                             task_id=f"batch-{task_ids[0]}", queue=ANALYSIS_QUEUE)
+    sender = make_sender(pg_stack.settings)
+    if message == "batch":
+        sender.send_task(LINT_BATCH_TASK, args=[task_ids], kwargs={"transient_retries": 1},
+                         task_id=f"batch-{task_ids[0]}", queue=ANALYSIS_QUEUE)
+    else:
+        sender.send_task(LINT_TASK, args=[task_ids[0]], kwargs={"transient_retries": 1}, task_id=task_ids[0],
+                         queue=ANALYSIS_QUEUE)
     view = pg_stack.wait_job(job_id, 60)
     assert view["status"] == "SUCCESS" and all(t["attempts"] == 1 for t in view["tasks"]), view
     assert (pg_stack.share / f"jobs/{job_id}/summary.json").is_file()
