@@ -14,6 +14,7 @@ death deterministically. Directives:
 - ``sleep_s=N``: sleep N seconds (a soft time limit interrupts it, as it would a long lint);
 - ``ignore_soft=1``: keep sleeping through the soft limit, so only the hard limit ends it;
 - ``alloc_mb=N``: grow this process by N MiB (touched, so it is resident), then hold it ``hold_s`` (default 10);
+  ``alloc_after_s=N`` waits N seconds first (so a test can act while the file runs);
 - ``leak_mb=N``: grow this process by N MiB and keep it after the file (a leak), so the
   idle child stays big and gets recycled;
 - ``kill_self=1``: SIGKILL this child, as the kernel OOM killer would;
@@ -43,6 +44,7 @@ class Fault:
     sleep_s: float = 0.0
     ignore_soft: bool = False
     alloc_mb: int = 0
+    alloc_after_s: float = 0.0
     hold_s: float = 10.0
     leak_mb: int = 0
     kill_self: bool = False
@@ -70,6 +72,7 @@ def parse(sql: str) -> Fault | None:
         sleep_s=float(values.get("sleep_s", 0)),
         ignore_soft=values.get("ignore_soft", "0") == "1",
         alloc_mb=int(values.get("alloc_mb", 0)),
+        alloc_after_s=float(values.get("alloc_after_s", 0)),
         hold_s=float(values.get("hold_s", 10)),
         leak_mb=int(values.get("leak_mb", 0)),
         kill_self=values.get("kill_self", "0") == "1",
@@ -131,6 +134,7 @@ def inject(sql: str, task_id: str = "", redis_url: str = "") -> None:
     if fault.leak_mb:
         _leaked.extend(b"\x01" * (_CHUNK_MB * 2**20) for _ in range(0, fault.leak_mb, _CHUNK_MB))
     if fault.alloc_mb:
+        time.sleep(fault.alloc_after_s)
         _allocate(fault.alloc_mb, fault.hold_s)
     if fault.sleep_s:
         _sleep(fault.sleep_s, fault.ignore_soft)

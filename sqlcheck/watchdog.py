@@ -1,9 +1,12 @@
 """Memory watchdog for pool children, run in each worker's main process.
 
 Every few hundred ms it reads each child's RSS with psutil. A busy child over
-SQLCHECK_CHILD_MAX_RSS_MB gets its file recorded FAILURE/memory first, then is
-SIGKILLed (a ballooning child might not survive a polite signal); Celery starts a
-new one. Runs on the worker's own timer, so no thread races the event loop.
+SQLCHECK_CHILD_MAX_RSS_MB is SIGKILLed at once (a ballooning child might not survive a
+polite signal, and every moment it keeps growing), then its file is recorded
+FAILURE/memory; Celery starts a new child. It runs on the worker's timer: in the event
+loop, which learns of the death only after this returns, and during a warm stop (while the
+pool waits for the files in flight) in Celery's shutdown timer thread, so a child is killed
+only if it is still the very process that was measured (psutil checks its start time).
 
 Children over SQLCHECK_CHILD_RECYCLE_RSS_MB are not this module's business: each child
 checks its own RSS after every message and exits gracefully (Celery's
@@ -14,7 +17,6 @@ until it reports the start, so a signal from here could cut a file short.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from typing import Any, Callable, Mapping
 
@@ -31,18 +33,20 @@ def children_to_kill(rss_mb: Mapping[int, float], task_by_pid: Mapping[int, str]
     return {pid: task_by_pid[pid] for pid, rss in rss_mb.items() if pid in task_by_pid and rss > max_rss_mb}
 
 
-def child_rss_mb(pids: list[int]) -> dict[int, float]:
+def _measure(pids: list[int]) -> dict[int, tuple[psutil.Process, float]]:
+    """pid -> (the process as measured, its RSS in MiB); gone ones are left out."""
     found = {}
     for pid in pids:
         try:
-            found[pid] = psutil.Process(pid).memory_info().rss / MIB
+            proc = psutil.Process(pid)
+            found[pid] = (proc, proc.memory_info().rss / MIB)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
 
 
 #: set by worker_hooks.install: records the memory failure of (task name, first argument, RSS MiB,
-#: message id) before the kill
+#: message id) after the kill
 record_memory_failure: Callable[[str, Any, float, str], None] | None = None
 
 
@@ -63,9 +67,9 @@ class RssWatchdog(bootsteps.StartStopStep):
             self.tref = worker.timer.call_repeatedly(self.interval_s, self.check, (worker,), priority=10)
 
     def stop(self, worker):
-        if self.tref is not None:
-            self.tref.cancel()
-            self.tref = None
+        """Nothing: on a warm stop the steps stop in reverse order, this one before the pool, which
+        then waits for the files in flight; the limit must hold through that wait. The check
+        ends with the worker's timer (its step stops after the pool's)."""
 
     def check(self, worker):
         from celery.worker import state
@@ -75,22 +79,19 @@ class RssWatchdog(bootsteps.StartStopStep):
         pids = [p.pid for p in processes if p.pid]
         requests = {r.worker_pid: r for r in list(state.active_requests) if r.worker_pid}
         task_by_pid = {pid: r.id for pid, r in requests.items()}
-        for pid, task_id in children_to_kill(child_rss_mb(pids), task_by_pid, self.max_rss_mb).items():
-            request = requests[pid]
+        measured = _measure(pids)
+        rss_mb = {pid: rss for pid, (_proc, rss) in measured.items()}
+        for pid, task_id in children_to_kill(rss_mb, task_by_pid, self.max_rss_mb).items():
+            request, (proc, rss) = requests[pid], measured[pid]
             target = (list(request.args or ()) or [task_id])[0]  # a task row id, a batch's list of them, or a job id
-            rss = child_rss_mb([pid]).get(pid, 0.0)
-            log.warning("task=%s child pid=%d RSS %.0f MiB > %d MiB: failing the file and killing the child",
+            try:
+                proc.send_signal(signal.SIGKILL)  # psutil refuses a pid that another process took since
+            except psutil.NoSuchProcess:
+                continue  # it ended by itself meanwhile: nothing to blame it for
+            log.warning("task=%s child pid=%d RSS %.0f MiB > %d MiB: killed; failing the file",
                         task_id, pid, rss, self.max_rss_mb)
             if record_memory_failure is not None:
                 try:
                     record_memory_failure(request.name, target, rss, request.id)
-                except Exception:  # the kill must happen even if the DB is down
+                except Exception:
                     log.exception("task=%s could not record the memory failure", task_id)
-            _kill(pid, signal.SIGKILL)
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -106,7 +106,22 @@ def test_rss_over_the_limit_fails_the_file_as_memory(pg_stack, batch):
     assert "SQLCHECK_CHILD_MAX_RSS_MB=300" in bad["error_message"]
     assert _tasks(view)["good.sql"]["status"] == "SUCCESS"
     assert view["status"] == "PARTIAL_SUCCESS"
-    assert "failing the file and killing the child" in worker.log()
+    assert "MiB: killed; failing the file" in worker.log()
+
+
+def test_the_rss_limit_holds_while_a_warm_stop_waits_for_the_file(pg_stack, single):
+    """On SIGTERM the worker stops its steps in reverse order: the watchdog before the pool, which
+    then waits for the file in flight. A file that balloons during that wait must still be
+    killed and failed as memory, not grow until the kernel's OOM killer (or finish)."""
+    worker, job_id = _job(pg_stack, "-- sqlcheck-fault: alloc_after_s=2 alloc_mb=1200 hold_s=20\nSELECT 1\n",
+                          limits=KILL_LIMITS)
+    view = _view_fn(pg_stack, job_id)
+    _child_running(worker, view, "bad.sql")
+    worker.proc.send_signal(signal.SIGTERM)  # warm stop while bad.sql waits to allocate
+    bad = wait_until(lambda: (t := _tasks(view())["bad.sql"])["status"] != "IN_PROGRESS" and t, 60, "bad.sql to end")
+    assert bad["status"] == "FAILURE" and bad["failure_reason"] == "memory", bad
+    worker.proc.wait(60)  # the warm stop then ends
+    assert "MiB: killed; failing the file" in worker.log()
 
 
 def _child_running(worker, view_fn, member):
