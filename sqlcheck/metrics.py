@@ -89,10 +89,14 @@ def worker_children_rss(home: Path) -> dict[tuple[str, int], int]:
             if _home_of(proc) != home:
                 continue
             node = node_of(proc.info["cmdline"]) or f"pid{pid}"
-            for child in proc.children():
-                found[(node, child.pid)] = child.memory_info().rss
+            children = proc.children()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
+        for child in children:
+            try:
+                found[(node, child.pid)] = child.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue  # replaced meanwhile: its siblings still count
     return found
 
 

@@ -178,7 +178,8 @@ def lint_duration_buckets(
     size_bucket = case(*((Task.size_bytes <= edge, i) for i, edge in enumerate(size_edges)), else_=len(size_edges))
     rows = (
         select(size_bucket.label("bucket"), Task.duration_s.label("d"))
-        .where(Task.status == TaskStatus.SUCCESS.value, Task.duration_s.is_not(None))
+        # results served from the cache are stored with 0.0: they are no lint time
+        .where(Task.status == TaskStatus.SUCCESS.value, Task.duration_s.is_not(None), Task.duration_s > 0)
         .subquery()
     )
     result = session.execute(

@@ -513,9 +513,6 @@ def _lint_or_cached(rt: Runtime, data: bytes, digest: str, member: str, dialect:
                     task_id: str = "") -> tuple[str, LintReport, bool]:
     """(encoding, report, from_cache): the cached result for these bytes and this configuration,
     or a fresh lint that is then cached. Files carrying a test fault directive are never cached."""
-    import time
-
-    started = time.perf_counter()
     rust = rt.settings.use_rust_parser
     cache = rt.result_cache
     if cache is not None and faults.enabled() and b"sqlcheck-fault" in data:
@@ -523,7 +520,7 @@ def _lint_or_cached(rt: Runtime, data: bytes, digest: str, member: str, dialect:
     key = key_for_digest(digest, dialect, options, parser_kind(rust)) if cache is not None else None
     hit = cache.get(key) if cache is not None else None
     if hit is not None:
-        return hit.encoding, LintReport(hit.violations, hit.parse_errors, time.perf_counter() - started), True
+        return hit.encoding, LintReport(hit.violations, hit.parse_errors, 0.0), True  # no lint time (README)
     with soft_time_limit(rt.settings.soft_time_limit_s):  # around sqlfluff's work only, never a statement
         text, encoding = decode_sql(data)
         faults.inject(text, task_id, rt.settings.broker_url)  # test-only; does nothing unless SQLCHECK_ENABLE_FAULTS=1
