@@ -112,7 +112,7 @@ def process_sql_file(self, task_id: str, transient_retries: int = 0) -> None:
     rt = runtime()
     more = self.request.retries + 1  # Celery's own bound: never the one that stops us
     hostname = self.request.hostname or rt.settings.node_name
-    lock = TaskLock(redis_client(), task_id, hostname, rt.settings.lock_ttl_s)
+    lock = TaskLock(redis_client(), task_id, hostname, rt.settings.lock_ttl_s, owner=self.request.id or "")
     try:
         acquired = lock.acquire()
     except redis.RedisError as exc:

@@ -20,7 +20,7 @@ from celery.exceptions import TimeLimitExceeded
 from sqlcheck import lint_engine, tasks, watchdog, workflow
 from sqlcheck.celery_app import EXPAND_TASK, LINT_BATCH_TASK, LINT_TASK, app
 from sqlcheck.errors import UserInputError
-from sqlcheck.locks import held_by_another_message
+from sqlcheck.locks import held_by_another_message, release_owned
 from sqlcheck.settings import Settings
 from sqlcheck.states import FailureReason
 
@@ -63,10 +63,12 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwa
     try:
         if name == LINT_TASK:
             workflow.record_cut_short(rt, target, FailureReason.TIMEOUT, why)
+            _release_killed_locks([target], task_id)
         elif name == LINT_BATCH_TASK:
             running, waiting = killed_batch_files(rt, tasks.redis_client(), target, task_id)
             for file_task_id in running:
                 workflow.record_cut_short(rt, file_task_id, FailureReason.TIMEOUT, why)
+            _release_killed_locks(target, task_id)  # else the files sent again wait for their TTL elsewhere
             if waiting:
                 log.info("task=%s and %d more: not started when the batch was killed; sent again",
                          waiting[0], len(waiting) - 1)
@@ -148,8 +150,19 @@ def record_memory_failure(task_name: str, target, rss_mb: float, message_id: str
     elif task_name == LINT_BATCH_TASK:
         for file_task_id in killed_batch_files(rt, tasks.redis_client(), target, message_id)[0]:
             workflow.record_cut_short(rt, file_task_id, FailureReason.MEMORY, why)
+        _release_killed_locks(target, message_id)  # its redelivery may go to another node
     else:
         workflow.record_cut_short(rt, target, FailureReason.MEMORY, why)
+        _release_killed_locks([target], message_id)
+
+
+def _release_killed_locks(task_ids: list[str], message_id: str) -> None:
+    """Free the locks a killed message held: its files may run again on any node at once."""
+    try:
+        release_owned(tasks.redis_client(), list(task_ids), message_id)
+    except redis.RedisError as exc:
+        log.warning("task=%s locks of the killed message not released (%s); they expire by themselves",
+                    message_id, exc.__class__.__name__)
 
 
 def install(settings: Settings) -> None:

@@ -163,6 +163,21 @@ def test_a_killed_batch_leaves_the_files_another_delivery_is_linting_to_it(rt):
     assert killed_batch_files(rt, unreadable, [a, b, c], "batch-1") == ([], [c])
 
 
+def test_a_killed_message_frees_only_its_own_locks(rt):
+    """After a hard limit or a memory kill, the message's files may run again on another node at
+    once (they used to wait for the lock's TTL there); a lock another delivery holds stays."""
+    from sqlcheck.locks import acquire_many, release_owned
+
+    _job_id, (a, b, c) = _job_with_tasks(rt, 3)
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    acquire_many(client, [b], "other@host", 60, owner="single-b")
+    acquire_many(client, [a, b, c], "analysis@host", 60, owner="batch-1")
+    release_owned(client, [a, b, c], "batch-1")
+    assert [client.exists(lock_key(t)) for t in (a, b, c)] == [0, 1, 0]
+    release_owned(client, [b], "batch-")  # a prefix of the owner is not the owner
+    assert client.exists(lock_key(b)) == 1
+
+
 def test_a_redelivered_expand_of_an_expanded_job_only_sends_what_was_not_sent(rt):
     """The first delivery created the rows and died before sending (here: its sends failed). The
     redelivery sends them and does not expand again: it works even with the upload gone (an
