@@ -24,15 +24,28 @@ _TAKE_OVER = (
 )
 
 
-_RELEASE_OWNED = (
+#: ARGV[1] a lock value's start "node|pid|owner|" (one delivery in one child), or ARGV[2] an owner
+#: alone (any delivery of that message) when ARGV[1] is empty
+_RELEASE_HELD = (
     "local v = redis.call('get', KEYS[1]) "
-    "if v and string.match(v, '^[^|]*|[^|]*|([^|]*)|') == ARGV[1] then return redis.call('del', KEYS[1]) end "
+    "if not v then return 0 end "
+    "if ARGV[1] ~= '' then "
+    "  if string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then return redis.call('del', KEYS[1]) end "
+    "  return 0 "
+    "end "
+    "if string.match(v, '^[^|]*|[^|]*|([^|]*)|') == ARGV[2] then return redis.call('del', KEYS[1]) end "
     "return 0"
 )
 
 
 def lock_key(task_id: str) -> str:
     return f"task_lock:{task_id}"
+
+
+def holder_prefix(node: str, pid: int, owner: str) -> str:
+    """The start of the values of the locks one child took for one message: a redelivery of the
+    same message (the same Celery id) in another child does not share it."""
+    return f"{node}|{pid}|{owner}|"
 
 
 def _holder(value: bytes | str) -> tuple[str, str, str | None]:
@@ -102,18 +115,26 @@ def release_many(client: redis.Redis, locks: list[TaskLock]) -> None:
     pipe.execute()
 
 
-def release_owned(client: redis.Redis, task_ids: list[str], owner: str) -> None:
+def release_owned(client: redis.Redis, task_ids: list[str], owner: str, holder: str = "") -> None:
     """Release the locks of these tasks that message `owner` holds (its child was killed, or is
-    being killed): a delivery elsewhere need not wait for their TTL. One round trip."""
+    being killed): a delivery elsewhere need not wait for their TTL. With `holder` (see
+    holder_prefix) only that child's, never a redelivery's. One round trip."""
     pipe = client.pipeline(transaction=False)
     for task_id in task_ids:
-        pipe.eval(_RELEASE_OWNED, 1, lock_key(task_id), owner)
+        pipe.eval(_RELEASE_HELD, 1, lock_key(task_id), holder, owner)
     pipe.execute()
 
 
-def held_by_another_message(client: redis.Redis, task_ids: list[str], owner: str) -> set[str]:
-    """Of these tasks, those whose lock a message other than `owner` holds now (one round trip)."""
+def held_by_another_message(client: redis.Redis, task_ids: list[str], owner: str, holder: str = "") -> set[str]:
+    """Of these tasks, those whose lock a message other than `owner` holds now, or with `holder`
+    any other delivery than that child's (one round trip)."""
     if not task_ids:
         return set()
     values = client.mget([lock_key(t) for t in task_ids])
+    if holder:
+        return {t for t, v in zip(task_ids, values) if v is not None and not _text(v).startswith(holder)}
     return {task_id for task_id, value in zip(task_ids, values) if value is not None and _holder(value)[2] != owner}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

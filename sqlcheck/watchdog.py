@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping
 import psutil
 from celery import bootsteps
 
+from sqlcheck.locks import holder_prefix
+
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
@@ -46,8 +48,8 @@ def _measure(pids: list[int]) -> dict[int, tuple[psutil.Process, float]]:
 
 
 #: set by worker_hooks.install: records the memory failure of (task name, first argument, RSS MiB,
-#: message id) after the kill
-record_memory_failure: Callable[[str, Any, float, str], None] | None = None
+#: message id, the killed child's lock holder prefix) after the kill
+record_memory_failure: Callable[[str, Any, float, str, str], None] | None = None
 
 
 class RssWatchdog(bootsteps.StartStopStep):
@@ -77,7 +79,10 @@ class RssWatchdog(bootsteps.StartStopStep):
         pool = getattr(worker.pool, "_pool", None)
         processes = getattr(pool, "_pool", None) or []  # billiard's Process list (private; pinned, tested)
         pids = [p.pid for p in processes if p.pid]
-        requests = {r.worker_pid: r for r in list(state.active_requests) if r.worker_pid}
+        try:
+            requests = {r.worker_pid: r for r in list(state.active_requests) if r.worker_pid}
+        except RuntimeError:  # a WeakSet the main thread changed meanwhile (warm stop): look again next time
+            return
         task_by_pid = {pid: r.id for pid, r in requests.items()}
         measured = _measure(pids)
         rss_mb = {pid: rss for pid, (_proc, rss) in measured.items()}
@@ -92,6 +97,7 @@ class RssWatchdog(bootsteps.StartStopStep):
                         task_id, pid, rss, self.max_rss_mb)
             if record_memory_failure is not None:
                 try:
-                    record_memory_failure(request.name, target, rss, request.id)
+                    record_memory_failure(request.name, target, rss, request.id,
+                                          holder_prefix(worker.hostname, pid, request.id))
                 except Exception:
                     log.exception("task=%s could not record the memory failure", task_id)

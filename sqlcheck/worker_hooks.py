@@ -120,13 +120,14 @@ def on_task_postrun(sender=None, **_kwargs) -> None:
         _malloc_trim(0)
 
 
-def killed_batch_files(rt, client: redis.Redis, task_ids: list[str], message_id: str) -> tuple[list[str], list[str]]:
+def killed_batch_files(rt, client: redis.Redis, task_ids: list[str], message_id: str,
+                       holder: str = "") -> tuple[list[str], list[str]]:
     """(running, waiting) of a killed batch, as workflow.running_and_waiting says, less the files
     another message is linting now: the batch had sent those on to wait for their lock, and
     their row is IN_PROGRESS because of that other delivery, which records them itself."""
     running, waiting = workflow.running_and_waiting(rt, task_ids)
     try:
-        others = held_by_another_message(client, running, message_id)
+        others = held_by_another_message(client, running, message_id, holder)
     except redis.RedisError as exc:
         # Which of them another delivery is linting cannot be told: ending one would throw that
         # delivery's result away. Left IN_PROGRESS, the reaper sends them again after the hard limit.
@@ -138,28 +139,30 @@ def killed_batch_files(rt, client: redis.Redis, task_ids: list[str], message_id:
     return [t for t in running if t not in others], waiting
 
 
-def record_memory_failure(task_name: str, target, rss_mb: float, message_id: str) -> None:
-    """The watchdog is about to kill a child: fail its file, or its job when it was expanding a ZIP
+def record_memory_failure(task_name: str, target, rss_mb: float, message_id: str, holder: str = "") -> None:
+    """The watchdog killed a child: fail its file, or its job when it was expanding a ZIP
     (otherwise the redelivered ZIP message would balloon again, forever). Files of a batch that
     it had linted but not yet recorded end SUCCESS from their result files; the batch is
-    redelivered after the kill and goes on with the files it had not started."""
+    redelivered and goes on with the files it had not started. `holder` (locks.holder_prefix)
+    names the killed child's locks: during a warm stop this runs beside the main thread, and the
+    redelivery, under the same message id, may already hold locks of its own elsewhere."""
     rt = tasks.runtime()
     why = f"the worker child used {rss_mb:.0f} MiB, above SQLCHECK_CHILD_MAX_RSS_MB={rt.settings.child_max_rss_mb}"
     if task_name == EXPAND_TASK:
         workflow.fail_job(rt, target, f"expanding the archive: {why}")
     elif task_name == LINT_BATCH_TASK:
-        for file_task_id in killed_batch_files(rt, tasks.redis_client(), target, message_id)[0]:
+        for file_task_id in killed_batch_files(rt, tasks.redis_client(), target, message_id, holder)[0]:
             workflow.record_cut_short(rt, file_task_id, FailureReason.MEMORY, why)
-        _release_killed_locks(target, message_id)  # its redelivery may go to another node
+        _release_killed_locks(target, message_id, holder)  # its redelivery may go to another node
     else:
         workflow.record_cut_short(rt, target, FailureReason.MEMORY, why)
-        _release_killed_locks([target], message_id)
+        _release_killed_locks([target], message_id, holder)
 
 
-def _release_killed_locks(task_ids: list[str], message_id: str) -> None:
+def _release_killed_locks(task_ids: list[str], message_id: str, holder: str = "") -> None:
     """Free the locks a killed message held: its files may run again on any node at once."""
     try:
-        release_owned(tasks.redis_client(), list(task_ids), message_id)
+        release_owned(tasks.redis_client(), list(task_ids), message_id, holder)
     except redis.RedisError as exc:
         log.warning("task=%s locks of the killed message not released (%s); they expire by themselves",
                     message_id, exc.__class__.__name__)

@@ -178,6 +178,25 @@ def test_a_killed_message_frees_only_its_own_locks(rt):
     assert client.exists(lock_key(b)) == 1
 
 
+def test_a_memory_kill_frees_the_killed_childs_locks_not_a_redeliverys(rt):
+    """During a warm stop the watchdog records in Celery's shutdown thread while the main thread
+    has already given the message back: a redelivery under the same Celery id may hold locks
+    elsewhere. Only the killed child's locks (node|pid|owner) are freed, and only its files are
+    taken for its own."""
+    import os
+
+    from sqlcheck.locks import acquire_many, holder_prefix, release_owned
+
+    _job_id, (a, b) = _job_with_tasks(rt, 2)
+    client = redis.Redis.from_url(rt.settings.broker_url)
+    acquire_many(client, [a, b], "analysis@other", 60, owner="batch-1")  # the redelivery, this pid
+    killed = holder_prefix("analysis@host", os.getpid() + 1, "batch-1")  # the child the watchdog killed
+    release_owned(client, [a, b], "batch-1", killed)
+    assert client.exists(lock_key(a), lock_key(b)) == 2  # not the killed child's: kept
+    release_owned(client, [a, b], "batch-1", holder_prefix("analysis@other", os.getpid(), "batch-1"))
+    assert client.exists(lock_key(a), lock_key(b)) == 0
+
+
 def test_a_redelivered_expand_of_an_expanded_job_only_sends_what_was_not_sent(rt):
     """The first delivery created the rows and died before sending (here: its sends failed). The
     redelivery sends them and does not expand again: it works even with the upload gone (an
