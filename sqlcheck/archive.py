@@ -328,6 +328,9 @@ _NAME_REFUSED = (errno.ENAMETOOLONG, errno.EILSEQ)
 
 
 def _refused_name(name: str, exc: OSError) -> ArchiveMember:
+    """The member, rejected when the share refused its name; any other error propagates."""
+    if exc.errno not in _NAME_REFUSED:
+        raise exc
     return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER,
                          message=f"the share cannot hold this name ({exc.strerror})")
 
@@ -362,8 +365,6 @@ def _expand_member(
     except OutsideShare as exc:
         return ArchiveMember(name, None, rejected=FailureReason.UNSAFE_MEMBER, message=str(exc))
     except OSError as exc:
-        if exc.errno not in _NAME_REFUSED:
-            raise
         return _refused_name(name, exc)
     try:
         data = _inflate(zf, info, name, limits, budget)
@@ -385,7 +386,5 @@ def _expand_member(
         return ArchiveMember(name, rel, rejected=FailureReason.DUPLICATE_MEMBER,
                              message="a file and a folder of the archive have the same path")
     except OSError as exc:
-        if exc.errno not in _NAME_REFUSED:
-            raise
         return _refused_name(name, exc)
     return ArchiveMember(name, rel, size=len(data), sha256=hashlib.sha256(data).hexdigest())

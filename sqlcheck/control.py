@@ -97,9 +97,10 @@ def _runs_embedded_redis(paths: SupervisorPaths) -> bool:
 def write_config(plan: RenderPlan, out_dir: Path | None = None) -> list[Path]:
     """Write every rendered file under `out_dir` (default SQLCHECK_HOME); 0600 files, also under
     `out_dir` (the environment lines may hold a database password), and 0700 directories of
-    SQLCHECK_HOME, with the folders supervisord writes to. Each file goes through a temporary file of a random name (mkstemp): two
-    renders at once (systemd's ExecStartPre and an operator) cannot trip over one temporary
-    name, and a link planted in a shared `out_dir` is replaced, never written through."""
+    SQLCHECK_HOME, with the folders supervisord writes to. Each file goes through a temporary
+    file of a random name (share.atomic_write): two renders at once (systemd's ExecStartPre and
+    an operator) cannot trip over one temporary name, and a link planted in a shared `out_dir`
+    is replaced, never written through."""
     root = (out_dir or plan.paths.home).resolve()
     if out_dir is None:  # supervisord refuses to start without its log and run folders (systemd's first start)
         _prepare_dirs(plan.paths)

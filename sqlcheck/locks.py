@@ -48,9 +48,13 @@ def holder_prefix(node: str, pid: int, owner: str) -> str:
     return f"{node}|{pid}|{owner}|"
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _holder(value: bytes | str) -> tuple[str, str, str | None]:
     """(node, pid, owner) of a lock's value; owner None in a value written without one."""
-    parts = (value.decode() if isinstance(value, bytes) else value).split("|")
+    parts = _text(value).split("|")
     return parts[0], parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 3 else None
 
 
@@ -80,7 +84,7 @@ class TaskLock:
         holder = self.client.get(key)
         if holder is None:
             return bool(self.client.set(key, self.token, nx=True, ex=self.ttl_s))
-        holder = holder.decode() if isinstance(holder, bytes) else holder
+        holder = _text(holder)
         node, pid, _owner = _holder(holder)
         if node == self.node and pid.isdigit() and not psutil.pid_exists(int(pid)):
             return bool(self.client.eval(_TAKE_OVER, 1, key, holder, self.token, self.ttl_s))
@@ -134,7 +138,3 @@ def held_by_another_message(client: redis.Redis, task_ids: list[str], owner: str
     if holder:
         return {t for t, v in zip(task_ids, values) if v is not None and not _text(v).startswith(holder)}
     return {task_id for task_id, value in zip(task_ids, values) if value is not None and _holder(value)[2] != owner}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

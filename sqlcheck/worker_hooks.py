@@ -61,14 +61,8 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, **_kwa
     target = (args or [task_id])[0]
     why = f"linting took longer than {rt.settings.hard_time_limit_s} s (hard limit); the child was killed"
     try:
-        if name == LINT_TASK:
-            workflow.record_cut_short(rt, target, FailureReason.TIMEOUT, why)
-            _release_killed_locks([target], task_id)
-        elif name == LINT_BATCH_TASK:
-            running, waiting = killed_batch_files(rt, tasks.redis_client(), target, task_id)
-            for file_task_id in running:
-                workflow.record_cut_short(rt, file_task_id, FailureReason.TIMEOUT, why)
-            _release_killed_locks(target, task_id)  # else the files sent again wait for their TTL elsewhere
+        if name in (LINT_TASK, LINT_BATCH_TASK):
+            waiting = _end_killed_message(rt, name, target, task_id, FailureReason.TIMEOUT, why)
             if waiting:
                 log.info("task=%s and %d more: not started when the batch was killed; sent again",
                          waiting[0], len(waiting) - 1)
@@ -150,22 +144,28 @@ def record_memory_failure(task_name: str, target, rss_mb: float, message_id: str
     why = f"the worker child used {rss_mb:.0f} MiB, above SQLCHECK_CHILD_MAX_RSS_MB={rt.settings.child_max_rss_mb}"
     if task_name == EXPAND_TASK:
         workflow.fail_job(rt, target, f"expanding the archive: {why}")
-    elif task_name == LINT_BATCH_TASK:
-        for file_task_id in killed_batch_files(rt, tasks.redis_client(), target, message_id, holder)[0]:
-            workflow.record_cut_short(rt, file_task_id, FailureReason.MEMORY, why)
-        _release_killed_locks(target, message_id, holder)  # its redelivery may go to another node
+    else:  # a batch is redelivered: its files not started go with it
+        _end_killed_message(rt, task_name, target, message_id, FailureReason.MEMORY, why, holder)
+
+
+def _end_killed_message(rt, task_name: str, target, message_id: str, reason: FailureReason, why: str,
+                        holder: str = "") -> list[str]:
+    """A killed lint message (hard limit, memory): the files it was running end `reason` (or
+    SUCCESS from a whole result file), and its locks are freed, so its files may run again on any
+    node at once, not after the locks' TTL. Returns a batch's files it had not started."""
+    if task_name == LINT_BATCH_TASK:
+        task_ids = list(target)
+        running, waiting = killed_batch_files(rt, tasks.redis_client(), task_ids, message_id, holder)
     else:
-        workflow.record_cut_short(rt, target, FailureReason.MEMORY, why)
-        _release_killed_locks([target], message_id, holder)
-
-
-def _release_killed_locks(task_ids: list[str], message_id: str, holder: str = "") -> None:
-    """Free the locks a killed message held: its files may run again on any node at once."""
+        task_ids, running, waiting = [target], [target], []
+    for file_task_id in running:
+        workflow.record_cut_short(rt, file_task_id, reason, why)
     try:
-        release_owned(tasks.redis_client(), list(task_ids), message_id, holder)
+        release_owned(tasks.redis_client(), task_ids, message_id, holder)
     except redis.RedisError as exc:
         log.warning("task=%s locks of the killed message not released (%s); they expire by themselves",
                     message_id, exc.__class__.__name__)
+    return waiting
 
 
 def install(settings: Settings) -> None:
